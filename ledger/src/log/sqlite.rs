@@ -1,1 +1,1055 @@
-//! The embedded SQLite event log (to be written).
+//! The embedded SQLite event log: the default `EventLog`.
+//!
+//! # Layout
+//!
+//! One database file, `events.db`, in the data directory, in WAL mode with
+//! `synchronous=FULL`: a commit returns only once it is in the write-ahead log on disk, so an
+//! acknowledged append survives a crash or a power cut, and a process killed at any moment
+//! leaves no half-written append (a transaction is all or nothing).
+//!
+//! One table, `events`: the global position is the `INTEGER PRIMARY KEY AUTOINCREMENT` (never
+//! reused, so it only grows, from 1), the event id is `UNIQUE`, and `UNIQUE(stream, revision)`
+//! backs the per-stream order. `PRAGMA user_version` holds the schema version.
+//!
+//! # Writing
+//!
+//! One dedicated thread owns the only write connection. Appends reach it through a bounded
+//! channel; it takes every request waiting (up to [`MAX_BATCH_APPENDS`] requests or about
+//! [`MAX_BATCH_EVENTS`] events) and writes them in one transaction, each request inside its
+//! own savepoint, so a request that conflicts or is invalid fails alone. After the `COMMIT`
+//! (one fsync for the whole batch) it publishes the last committed position and answers every
+//! request. The expected-revision check uses an in-memory map stream → last revision and
+//! position, filled lazily from the database. The map is a hint, not the truth: the database's
+//! `UNIQUE(stream, revision)` refuses a write at a taken revision, and on such a refusal the
+//! writer decides that request again from the database itself.
+//!
+//! Only one `SqliteLog` may write a given directory at a time (the map assumes it owns the
+//! stream heads; a second writer could not corrupt the log, thanks to the constraints, but
+//! its appends would see spurious errors and its subscriptions would not see the other's
+//! commits).
+//!
+//! # Retries
+//!
+//! An append whose first event id is already stored is a retry: if all its ids are stored,
+//! in the same stream, at consecutive revisions, in the same order, with the same content, and
+//! at the place its expected revision designates, it answers the original outcome (revision
+//! and position of the last of those events) and writes nothing. Anything else is
+//! `LogError::Invalid`: a caller reused ids for different events.
+//! Recognising a retry costs one indexed lookup (the first event id) per append; the other
+//! ids are checked by the `UNIQUE` constraint on insert, and only on its refusal one by one.
+//!
+//! # Appending no events
+//!
+//! An append of zero events writes nothing. Its expected revision is still checked (a
+//! mismatch is `Conflict`). On a stream with events it answers the stream's current last
+//! revision and the position of its last event. On a stream without events there is no
+//! revision to report (`AppendOutcome` has no "none"), so it answers `Invalid`.
+//!
+//! # Reading
+//!
+//! Reads use separate connections (WAL lets them run beside the writer), kept in a small pool
+//! and used from `tokio::task::spawn_blocking`, so they never block the async runtime.
+//! Subscriptions read history in pages, then wait on a `watch` channel of the last committed
+//! position, which the writer updates after each commit.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::{
+    AppendOutcome, EventLog, ExpectedRevision, LogError, NewEvent, RecordedEvent, Subscription,
+    MAX_EVENTS_PER_APPEND, MAX_READ_COUNT,
+};
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE_NAME: &str = "events.db";
+
+/// Version of the schema this code writes (`PRAGMA user_version`). A database with a higher
+/// version was written by a newer release and is refused rather than misread.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Capacity of the channel from appenders to the writer thread. It bounds the memory queued
+/// appends can hold when the disk falls behind: a full queue makes `append` wait (back
+/// pressure) instead of growing without limit. It holds several full batches, so while the
+/// writer commits one batch the next one is already waiting and no fsync is wasted.
+pub const QUEUE_CAPACITY: usize = 4 * MAX_BATCH_APPENDS;
+
+/// Most append requests the writer puts in one transaction. It bounds how long the first
+/// request of a batch waits for the others and how much a failed commit fails at once.
+pub const MAX_BATCH_APPENDS: usize = 256;
+
+/// The writer stops adding requests to a batch once it holds this many events (a single
+/// request may carry up to `MAX_EVENTS_PER_APPEND`, so a batch may exceed it by that much).
+pub const MAX_BATCH_EVENTS: usize = 50_000;
+
+/// Longest stream name accepted, in bytes.
+pub const MAX_STREAM_NAME_BYTES: usize = 512;
+
+/// Longest event type name accepted, in bytes.
+pub const MAX_EVENT_TYPE_BYTES: usize = 256;
+
+/// The writer's map of stream heads is cleared when it grows past this many streams; heads
+/// are reloaded from the database on next use, so this only bounds memory.
+const MAX_CACHED_STREAMS: usize = 100_000;
+
+/// Idle read connections kept for reuse.
+const MAX_IDLE_READERS: usize = 4;
+
+/// Events a subscription reads per page while catching up.
+const SUBSCRIPTION_PAGE: usize = 1_000;
+
+/// How long a connection waits for a lock held by another connection before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA_V1: &str = "
+CREATE TABLE events (
+    position   INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         BLOB    NOT NULL UNIQUE CHECK (length(id) = 16),
+    stream     TEXT    NOT NULL CHECK (length(stream) > 0),
+    revision   INTEGER NOT NULL CHECK (revision >= 0),
+    event_type TEXT    NOT NULL,
+    version    INTEGER NOT NULL CHECK (version >= 0),
+    data       BLOB    NOT NULL,
+    UNIQUE (stream, revision)
+) STRICT;
+";
+
+const SELECT_EVENT: &str =
+    "SELECT position, id, stream, revision, event_type, version, data FROM events";
+
+/// Counters of the writer, for tests and monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Appends answered `Ok` (including retries and empty appends).
+    pub appends: u64,
+    /// Transactions committed that wrote at least one event (one fsync each).
+    pub batches: u64,
+    /// Events written.
+    pub events_written: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    appends: AtomicU64,
+    batches: AtomicU64,
+    events_written: AtomicU64,
+}
+
+/// The embedded SQLite event log. See the module documentation.
+///
+/// Dropping it stops the writer like [`SqliteLog::close`], blocking until queued appends are
+/// written.
+/// (An append future leaked with `mem::forget` while waiting for queue space would keep the
+/// writer waiting for it; dropped futures are fine.)
+#[derive(Debug)]
+pub struct SqliteLog {
+    sender: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    read: Arc<ReadSide>,
+    counters: Arc<Counters>,
+}
+
+impl SqliteLog {
+    /// Opens (creating on first use) the log in `dir`, and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<SqliteLog, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            LogError::Storage(format!(
+                "cannot create the data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(DB_FILE_NAME);
+        let mut conn = open_writer_connection(&path)?;
+        migrate(&mut conn)?;
+        let last_position: u64 = conn
+            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql_storage)?;
+
+        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let (committed_tx, committed_rx) = watch::channel(last_position);
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            conn,
+            heads: HashMap::new(),
+            committed: committed_tx,
+            counters: Arc::clone(&counters),
+        };
+        let handle = std::thread::Builder::new()
+            .name("ledger-log-writer".to_owned())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| LogError::Storage(format!("cannot start the writer thread: {e}")))?;
+
+        Ok(SqliteLog {
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+            read: Arc::new(ReadSide {
+                path,
+                idle: Mutex::new(Vec::new()),
+                committed: committed_rx,
+            }),
+            counters,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.read.path
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> LogStats {
+        LogStats {
+            appends: self.counters.appends.load(Ordering::Relaxed),
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            events_written: self.counters.events_written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Global position of the last committed event (0 when the log is empty).
+    pub fn last_position(&self) -> u64 {
+        *self.read.committed.borrow()
+    }
+
+    /// Stops accepting appends, lets the writer finish every append already queued or being
+    /// queued, and waits for its thread to end. Appends after this answer `LogError::Closed`;
+    /// reads keep working; subscriptions deliver what was committed, then answer `Closed`.
+    /// Calling it again does nothing.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let Some(handle) = self.stop_writer() else {
+            return Ok(());
+        };
+        let joined = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn_blocking(move || handle.join().is_ok())
+                .await
+                .unwrap_or(false),
+            Err(_) => handle.join().is_ok(),
+        };
+        if joined {
+            Ok(())
+        } else {
+            Err(LogError::Storage("the writer thread failed".to_owned()))
+        }
+    }
+
+    /// Drops the sender (the writer ends once the queue is drained and no append is still
+    /// being queued) and hands back the writer's thread to join.
+    fn stop_writer(&self) -> Option<JoinHandle<()>> {
+        drop(lock_ignoring_poison(&self.sender).take());
+        lock_ignoring_poison(&self.writer).take()
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<AppendRequest>, LogError> {
+        let guard = self
+            .sender
+            .lock()
+            .map_err(|_| LogError::Storage("the append channel lock is poisoned".to_owned()))?;
+        guard.clone().ok_or(LogError::Closed)
+    }
+}
+
+impl Drop for SqliteLog {
+    fn drop(&mut self) {
+        if let Some(handle) = self.stop_writer() {
+            // The writer needs no async runtime, and it only has the queued appends left.
+            let _ = handle.join();
+        }
+    }
+}
+
+impl EventLog for SqliteLog {
+    type Sub = SqliteSubscription;
+
+    fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendOutcome, LogError>> + Send {
+        let stream = stream.to_owned();
+        async move {
+            validate_append(&stream, &events)?;
+            let sender = self.sender()?;
+            let (reply, answer) = oneshot::channel();
+            let request = AppendRequest {
+                stream,
+                expected,
+                events,
+                reply,
+            };
+            sender.send(request).await.map_err(|_| LogError::Closed)?;
+            drop(sender);
+            answer.await.map_err(|_| {
+                LogError::Storage(
+                    "the writer stopped before answering; the append was not acknowledged"
+                        .to_owned(),
+                )
+            })?
+        }
+    }
+
+    fn read_stream(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        max_count: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, LogError>> + Send {
+        let stream = stream.to_owned();
+        let read = Arc::clone(&self.read);
+        async move {
+            if stream.is_empty() {
+                return Err(LogError::Invalid("the stream name is empty".to_owned()));
+            }
+            let count = max_count.min(MAX_READ_COUNT);
+            if count == 0 {
+                return Ok(Vec::new());
+            }
+            let from = clamp_to_i64(from_revision);
+            run_read(read, move |conn| {
+                query_events(
+                    conn,
+                    &format!("{SELECT_EVENT} WHERE stream = ?1 AND revision >= ?2 ORDER BY revision LIMIT ?3"),
+                    params![stream, from, count],
+                )
+            })
+            .await
+        }
+    }
+
+    fn read_all(
+        &self,
+        after_position: u64,
+        max_count: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, LogError>> + Send {
+        let read = Arc::clone(&self.read);
+        async move { read_all_from(read, after_position, max_count).await }
+    }
+
+    fn subscribe_all(&self, after_position: u64) -> SqliteSubscription {
+        SqliteSubscription {
+            read: Arc::clone(&self.read),
+            committed: self.read.committed.clone(),
+            after: after_position,
+            buffer: VecDeque::new(),
+        }
+    }
+}
+
+/// A catch-up subscription to a `SqliteLog`: pages of history, then live commits.
+#[derive(Debug)]
+pub struct SqliteSubscription {
+    read: Arc<ReadSide>,
+    committed: watch::Receiver<u64>,
+    /// Position of the last event handed out (or the start position).
+    after: u64,
+    buffer: VecDeque<RecordedEvent>,
+}
+
+impl SqliteSubscription {
+    /// Position of the last event handed out (the start position before the first): the
+    /// checkpoint to resubscribe from.
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+}
+
+impl Subscription for SqliteSubscription {
+    async fn next(&mut self) -> Result<RecordedEvent, LogError> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                self.after = event.position;
+                return Ok(event);
+            }
+            // Mark the current commit as seen *before* reading: a commit that the read
+            // misses is published afterwards, so `changed` below wakes up for it.
+            self.committed.borrow_and_update();
+            let page = read_all_from(Arc::clone(&self.read), self.after, SUBSCRIPTION_PAGE).await?;
+            if !page.is_empty() {
+                self.buffer.extend(page);
+                continue;
+            }
+            if self.committed.changed().await.is_err() {
+                // The writer has stopped: deliver what it committed last, then end.
+                let page =
+                    read_all_from(Arc::clone(&self.read), self.after, SUBSCRIPTION_PAGE).await?;
+                if page.is_empty() {
+                    return Err(LogError::Closed);
+                }
+                self.buffer.extend(page);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+
+fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), LogError> {
+    if stream.is_empty() {
+        return Err(LogError::Invalid("the stream name is empty".to_owned()));
+    }
+    if stream.len() > MAX_STREAM_NAME_BYTES {
+        return Err(LogError::Invalid(format!(
+            "the stream name is {} bytes long, more than {MAX_STREAM_NAME_BYTES}",
+            stream.len()
+        )));
+    }
+    if events.len() > MAX_EVENTS_PER_APPEND {
+        return Err(LogError::Invalid(format!(
+            "{} events in one append, more than {MAX_EVENTS_PER_APPEND}",
+            events.len()
+        )));
+    }
+    let mut ids = HashSet::with_capacity(events.len());
+    for event in events {
+        if event.event_type.is_empty() || event.event_type.len() > MAX_EVENT_TYPE_BYTES {
+            return Err(LogError::Invalid(format!(
+                "event {}: the type name must be 1 to {MAX_EVENT_TYPE_BYTES} bytes",
+                event.id
+            )));
+        }
+        if !ids.insert(event.id) {
+            return Err(LogError::Invalid(format!(
+                "event id {} appears twice in one append",
+                event.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections and schema
+
+fn sql_storage(e: rusqlite::Error) -> LogError {
+    LogError::Storage(e.to_string())
+}
+
+fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn clamp_to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn open_writer_connection(path: &Path) -> Result<Connection, LogError> {
+    let conn = Connection::open(path)
+        .map_err(|e| LogError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_storage)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(sql_storage)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(LogError::Storage(format!(
+            "cannot put {} in WAL mode (journal mode is {mode})",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql_storage)?;
+    let synchronous: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .map_err(sql_storage)?;
+    if synchronous < 2 {
+        return Err(LogError::Storage(
+            "cannot set synchronous=FULL on the event log".to_owned(),
+        ));
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), LogError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_storage)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql_storage)?;
+    match version {
+        0 => {
+            tx.execute_batch(SCHEMA_V1).map_err(sql_storage)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(sql_storage)?;
+        }
+        SCHEMA_VERSION => {}
+        other => {
+            return Err(LogError::Storage(format!(
+                "the event log has schema version {other}; this build knows versions up to {SCHEMA_VERSION}"
+            )));
+        }
+    }
+    tx.commit().map_err(sql_storage)
+}
+
+fn open_reader_connection(path: &Path) -> Result<Connection, LogError> {
+    let conn = Connection::open(path)
+        .map_err(|e| LogError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_storage)?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(sql_storage)?;
+    Ok(conn)
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+
+#[derive(Debug)]
+struct ReadSide {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    /// Last committed position, published by the writer after each commit.
+    committed: watch::Receiver<u64>,
+}
+
+impl ReadSide {
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        let pooled = lock_ignoring_poison(&self.idle).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_reader_connection(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut idle = lock_ignoring_poison(&self.idle);
+        if idle.len() < MAX_IDLE_READERS && conn.is_autocommit() {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+/// Runs a read on the blocking pool (or inline outside a Tokio runtime).
+async fn run_read<T, F>(read: Arc<ReadSide>, f: F) -> Result<T, LogError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, LogError> + Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime
+            .spawn_blocking(move || read.with_connection(f))
+            .await
+            .map_err(|e| LogError::Storage(format!("the read task failed: {e}")))?,
+        Err(_) => read.with_connection(f),
+    }
+}
+
+async fn read_all_from(
+    read: Arc<ReadSide>,
+    after_position: u64,
+    max_count: usize,
+) -> Result<Vec<RecordedEvent>, LogError> {
+    let count = max_count.min(MAX_READ_COUNT);
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let after = clamp_to_i64(after_position);
+    run_read(read, move |conn| {
+        query_events(
+            conn,
+            &format!("{SELECT_EVENT} WHERE position > ?1 ORDER BY position LIMIT ?2"),
+            params![after, count],
+        )
+    })
+    .await
+}
+
+fn query_events(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RecordedEvent>, LogError> {
+    let mut statement = conn.prepare_cached(sql).map_err(sql_storage)?;
+    let rows = statement
+        .query_map(params, recorded_event)
+        .map_err(sql_storage)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LogError::Storage(format!("unreadable event row: {e}")))
+}
+
+fn recorded_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
+    let id: [u8; 16] = row.get(1)?;
+    Ok(RecordedEvent {
+        position: row.get(0)?,
+        id: Uuid::from_bytes(id),
+        stream: row.get(2)?,
+        revision: row.get(3)?,
+        event_type: row.get(4)?,
+        version: row.get(5)?,
+        data: row.get(6)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing
+
+#[derive(Debug)]
+struct AppendRequest {
+    stream: String,
+    expected: ExpectedRevision,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+}
+
+/// The last event of a stream.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    revision: u64,
+    position: u64,
+}
+
+/// An event as stored, looked up by id to recognise a retry.
+struct StoredEvent {
+    stream: String,
+    revision: u64,
+    position: u64,
+    event_type: String,
+    version: u32,
+    data: Vec<u8>,
+}
+
+/// Why one request could not be applied.
+enum Attempt {
+    /// The request is refused (conflict, invalid); nothing of it was written.
+    Refused(LogError),
+    /// SQLite failed while applying it.
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Attempt {
+    fn from(e: rusqlite::Error) -> Self {
+        Attempt::Sql(e)
+    }
+}
+
+/// Why a request failed, and how far the failure reaches.
+enum Failure {
+    /// This request fails alone; the rest of the batch goes on.
+    Request(LogError),
+    /// The transaction is lost: the whole batch fails.
+    Batch(LogError),
+}
+
+/// A request applied inside the batch's transaction.
+struct Applied {
+    outcome: AppendOutcome,
+    /// The stream's new head, when the request wrote events.
+    written: Option<(Head, u64)>,
+}
+
+struct Writer {
+    conn: Connection,
+    /// Committed head of each stream touched lately: `None` means the stream has no events.
+    heads: HashMap<String, Option<Head>>,
+    committed: watch::Sender<u64>,
+    counters: Arc<Counters>,
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
+}
+
+fn request_error(e: rusqlite::Error) -> LogError {
+    if e.sqlite_error_code() == Some(ErrorCode::TooBig) {
+        LogError::Invalid(format!("an event is too large for the log: {e}"))
+    } else {
+        sql_storage(e)
+    }
+}
+
+fn check_expected(
+    stream: &str,
+    expected: ExpectedRevision,
+    head: Option<Head>,
+) -> Result<(), LogError> {
+    let actual = head.map(|h| h.revision);
+    let matches = match expected {
+        ExpectedRevision::Any => true,
+        ExpectedRevision::NoStream => actual.is_none(),
+        ExpectedRevision::Exact(r) => actual == Some(r),
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(LogError::Conflict {
+            stream: stream.to_owned(),
+            expected,
+            actual,
+        })
+    }
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<AppendRequest>) {
+        // Ends when every sender is gone (the log is closed) and the queue is drained.
+        while let Some(first) = receiver.blocking_recv() {
+            let mut events = first.events.len();
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH_APPENDS && events < MAX_BATCH_EVENTS {
+                match receiver.try_recv() {
+                    Ok(request) => {
+                        events += request.events.len();
+                        batch.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(batch);
+        }
+    }
+
+    fn write_batch(&mut self, batch: Vec<AppendRequest>) {
+        // A request nobody waits for any more (its caller gave up) is not written: it was
+        // never acknowledged, and skipping it keeps the log free of appends nobody knows of.
+        let batch: Vec<AppendRequest> =
+            batch.into_iter().filter(|r| !r.reply.is_closed()).collect();
+        if batch.is_empty() {
+            return;
+        }
+        if !self.conn.is_autocommit() {
+            // Left over from a failed rollback: start clean.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            self.fail_batch(batch, sql_storage(e));
+            return;
+        }
+
+        // Heads written by this batch, merged into `heads` once committed.
+        let mut pending: HashMap<String, Option<Head>> = HashMap::new();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut events_written = 0_u64;
+        let mut last_position = None;
+        for request in &batch {
+            match self.apply(&mut pending, request) {
+                Ok(applied) => {
+                    if let Some((head, count)) = applied.written {
+                        events_written += count;
+                        last_position = Some(head.position);
+                    }
+                    results.push(Ok(applied.outcome));
+                }
+                Err(Failure::Request(e)) => results.push(Err(e)),
+                Err(Failure::Batch(e)) => {
+                    self.fail_batch(batch, e);
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            self.fail_batch(batch, LogError::Storage(format!("the commit failed: {e}")));
+            return;
+        }
+
+        if self.heads.len() + pending.len() > MAX_CACHED_STREAMS {
+            self.heads.clear();
+        }
+        self.heads.extend(pending);
+        if let Some(position) = last_position {
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .events_written
+                .fetch_add(events_written, Ordering::Relaxed);
+            self.committed.send_replace(position);
+        }
+        for (request, result) in batch.into_iter().zip(results) {
+            if result.is_ok() {
+                self.counters.appends.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = request.reply.send(result);
+        }
+    }
+
+    /// Rolls back the batch's transaction and fails every request of it. The heads map is
+    /// cleared: after a failure nothing in it is trusted.
+    fn fail_batch(&mut self, batch: Vec<AppendRequest>, error: LogError) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.heads.clear();
+        for request in batch {
+            let _ = request.reply.send(Err(error.clone()));
+        }
+    }
+
+    /// Applies one request inside its own savepoint.
+    fn apply(
+        &mut self,
+        pending: &mut HashMap<String, Option<Head>>,
+        request: &AppendRequest,
+    ) -> Result<Applied, Failure> {
+        self.conn
+            .execute_batch("SAVEPOINT append")
+            .map_err(|e| Failure::Batch(sql_storage(e)))?;
+        let mut attempt = self.try_apply(pending, request, false);
+        if matches!(&attempt, Err(Attempt::Sql(e)) if is_constraint(e)) {
+            // The cached head was stale, or an id of the append (not the first) is taken:
+            // undo, and decide again from the database alone.
+            self.rollback_to_savepoint()?;
+            pending.remove(&request.stream);
+            self.heads.remove(&request.stream);
+            attempt = self.try_apply(pending, request, true);
+        }
+        match attempt {
+            Ok(applied) => {
+                self.conn
+                    .execute_batch("RELEASE append")
+                    .map_err(|e| Failure::Batch(sql_storage(e)))?;
+                if let Some((head, _)) = applied.written {
+                    pending.insert(request.stream.clone(), Some(head));
+                }
+                Ok(applied)
+            }
+            Err(failure) => {
+                self.rollback_to_savepoint()?;
+                self.conn
+                    .execute_batch("RELEASE append")
+                    .map_err(|e| Failure::Batch(sql_storage(e)))?;
+                Err(Failure::Request(match failure {
+                    Attempt::Refused(e) => e,
+                    Attempt::Sql(e) => {
+                        pending.remove(&request.stream);
+                        self.heads.remove(&request.stream);
+                        request_error(e)
+                    }
+                }))
+            }
+        }
+    }
+
+    fn rollback_to_savepoint(&self) -> Result<(), Failure> {
+        if self.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back itself (I/O error, disk full...).
+            return Err(Failure::Batch(LogError::Storage(
+                "the transaction was rolled back by the storage".to_owned(),
+            )));
+        }
+        self.conn
+            .execute_batch("ROLLBACK TO append")
+            .map_err(|e| Failure::Batch(sql_storage(e)))
+    }
+
+    /// Decides and writes one request. `from_database`: ignore the heads map and check every
+    /// id, after the database refused a write.
+    fn try_apply(
+        &mut self,
+        pending: &HashMap<String, Option<Head>>,
+        request: &AppendRequest,
+        from_database: bool,
+    ) -> Result<Applied, Attempt> {
+        let stream = request.stream.as_str();
+        if let Some(first) = request.events.first() {
+            if let Some(stored) = self.stored_event(first.id)? {
+                return self.retry_outcome(request, stored);
+            }
+            if from_database {
+                for event in &request.events[1..] {
+                    if self.stored_event(event.id)?.is_some() {
+                        return Err(Attempt::Refused(LogError::Invalid(format!(
+                            "event id {} is already stored, but not the append's first event {}: \
+                             ids reused for different events",
+                            event.id, first.id
+                        ))));
+                    }
+                }
+            }
+        }
+
+        let head = match pending.get(stream) {
+            Some(head) if !from_database => *head,
+            _ => self.committed_head(stream, from_database)?,
+        };
+        check_expected(stream, request.expected, head).map_err(Attempt::Refused)?;
+
+        if request.events.is_empty() {
+            return match head {
+                Some(head) => Ok(Applied {
+                    outcome: AppendOutcome {
+                        last_revision: head.revision,
+                        last_position: head.position,
+                    },
+                    written: None,
+                }),
+                None => Err(Attempt::Refused(LogError::Invalid(format!(
+                    "nothing to append and stream {stream} has no events: no revision to report"
+                )))),
+            };
+        }
+
+        let mut revision = match head {
+            Some(head) => head.revision.checked_add(1).ok_or_else(|| {
+                Attempt::Refused(LogError::Invalid(format!("stream {stream} is full")))
+            })?,
+            None => 0,
+        };
+        let mut statement = self.conn.prepare_cached(
+            "INSERT INTO events (id, stream, revision, event_type, version, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut last = None;
+        for event in &request.events {
+            statement.execute(params![
+                event.id.as_bytes(),
+                stream,
+                revision,
+                event.event_type,
+                event.version,
+                event.data,
+            ])?;
+            let position = u64::try_from(self.conn.last_insert_rowid())
+                .map_err(|_| Attempt::Refused(LogError::Storage("negative position".to_owned())))?;
+            last = Some(Head { revision, position });
+            revision = revision.saturating_add(1);
+        }
+        let Some(last) = last else {
+            return Err(Attempt::Refused(LogError::Storage(
+                "no event written".to_owned(),
+            )));
+        };
+        Ok(Applied {
+            outcome: AppendOutcome {
+                last_revision: last.revision,
+                last_position: last.position,
+            },
+            written: Some((last, request.events.len() as u64)),
+        })
+    }
+
+    /// The committed head of `stream`, from the map or (then cached) from the database.
+    fn committed_head(
+        &mut self,
+        stream: &str,
+        from_database: bool,
+    ) -> Result<Option<Head>, rusqlite::Error> {
+        if !from_database {
+            if let Some(head) = self.heads.get(stream) {
+                return Ok(*head);
+            }
+        }
+        let head = self
+            .conn
+            .prepare_cached(
+                "SELECT revision, position FROM events WHERE stream = ?1 \
+                 ORDER BY revision DESC LIMIT 1",
+            )?
+            .query_row(params![stream], |r| {
+                Ok(Head {
+                    revision: r.get(0)?,
+                    position: r.get(1)?,
+                })
+            })
+            .optional()?;
+        // Read before this batch wrote to the stream (else it would be in `pending`), so it is
+        // the committed state, safe to cache even if the batch fails.
+        if self.heads.len() >= MAX_CACHED_STREAMS {
+            self.heads.clear();
+        }
+        self.heads.insert(stream.to_owned(), head);
+        Ok(head)
+    }
+
+    fn stored_event(&self, id: Uuid) -> Result<Option<StoredEvent>, rusqlite::Error> {
+        self.conn
+            .prepare_cached(
+                "SELECT stream, revision, position, event_type, version, data \
+                 FROM events WHERE id = ?1",
+            )?
+            .query_row(params![id.as_bytes()], |r| {
+                Ok(StoredEvent {
+                    stream: r.get(0)?,
+                    revision: r.get(1)?,
+                    position: r.get(2)?,
+                    event_type: r.get(3)?,
+                    version: r.get(4)?,
+                    data: r.get(5)?,
+                })
+            })
+            .optional()
+    }
+
+    /// The outcome of the original append, if `request` is exactly a retry of it.
+    fn retry_outcome(
+        &self,
+        request: &AppendRequest,
+        first: StoredEvent,
+    ) -> Result<Applied, Attempt> {
+        let invalid = |message: String| Err(Attempt::Refused(LogError::Invalid(message)));
+        let base = first.revision;
+        let mut stored = Some(first);
+        let mut last = None;
+        for (index, event) in request.events.iter().enumerate() {
+            let found = match stored.take() {
+                Some(found) => Some(found),
+                None => self.stored_event(event.id)?,
+            };
+            let Some(found) = found else {
+                return invalid(format!(
+                    "event id {} is not stored while other ids of the same append are: \
+                     a retry must carry exactly the original events",
+                    event.id
+                ));
+            };
+            if found.stream != request.stream {
+                return invalid(format!(
+                    "event id {} is already stored in stream {}",
+                    event.id, found.stream
+                ));
+            }
+            if Some(found.revision) != base.checked_add(index as u64) {
+                return invalid(format!(
+                    "event id {} is already stored, but not in this order or not in one append",
+                    event.id
+                ));
+            }
+            if found.event_type != event.event_type
+                || found.version != event.version
+                || found.data != event.data
+            {
+                return invalid(format!(
+                    "event id {} is already stored with a different content",
+                    event.id
+                ));
+            }
+            last = Some(Head {
+                revision: found.revision,
+                position: found.position,
+            });
+        }
+        let consistent = match request.expected {
+            ExpectedRevision::Any => true,
+            ExpectedRevision::NoStream => base == 0,
+            ExpectedRevision::Exact(r) => r.checked_add(1) == Some(base),
+        };
+        if !consistent {
+            return invalid(format!(
+                "the events are already stored in stream {} from revision {base}, not where \
+                 the expected revision {:?} puts them",
+                request.stream, request.expected
+            ));
+        }
+        let Some(last) = last else {
+            return invalid("a retry without events".to_owned());
+        };
+        Ok(Applied {
+            outcome: AppendOutcome {
+                last_revision: last.revision,
+                last_position: last.position,
+            },
+            written: None,
+        })
+    }
+}

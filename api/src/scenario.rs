@@ -1,0 +1,403 @@
+//! Scenario files (SPEC §11): timed commands and queries, one JSON object per line, run
+//! against a fresh embedded log with a manual clock. Every input line gives exactly one
+//! output line; a bad line gives an error line and the run goes on.
+
+use std::io::Write;
+use std::path::Path;
+
+use ledger::clock::Timestamp;
+use ledger::decide::{Command, Context, ErrorCode, LeaseRequest, Refusal};
+use ledger::event::JobKind;
+use ledger::log::sqlite::SqliteLog;
+use ledger::log::EventLog;
+use rust_decimal::Decimal;
+use scheduler::{Engine, EngineError, Target};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// Longest input line read; a longer one is refused as malformed (a real line is < 1 KiB).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Most lines in one scenario file.
+pub const MAX_LINES: usize = 10_000_000;
+/// Most nodes a pool config may name.
+pub const MAX_POOL_NODES: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolNode {
+    pub node: String,
+    pub model: String,
+    pub cards: u32,
+}
+
+/// The optional first line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioConfig {
+    #[serde(default = "default_ttl")]
+    pub lease_ttl_s: u32,
+    #[serde(default)]
+    pub pool: Option<Vec<PoolNode>>,
+}
+
+fn default_ttl() -> u32 {
+    90
+}
+
+impl Default for ScenarioConfig {
+    fn default() -> ScenarioConfig {
+        ScenarioConfig {
+            lease_ttl_s: default_ttl(),
+            pool: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenArgs {
+    account: String,
+    #[serde(default)]
+    edu: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuyArgs {
+    account: String,
+    plan: String,
+    order: String,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    price_cny: Option<Decimal>,
+    #[serde(default)]
+    price_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountArgs {
+    account: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageArgs {
+    account: String,
+    gb: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanArgs {
+    account: String,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeterArgs {
+    account: String,
+    model: String,
+    cards: u32,
+    seconds: u64,
+    record: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseArgs {
+    account: String,
+    lease: String,
+    kind: JobKind,
+    model: String,
+    cards: u32,
+    #[serde(default = "one")]
+    workers: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseIdArgs {
+    lease: String,
+}
+
+/// One parsed line.
+enum Step {
+    Execute(Target, Command),
+    Balance(String),
+    Quota(String),
+    LeaseStatus(String),
+}
+
+fn args<T: serde::de::DeserializeOwned>(cmd: &str, rest: Map<String, Value>) -> Result<T, String> {
+    serde_json::from_value(Value::Object(rest)).map_err(|error| format!("{cmd}: {error}"))
+}
+
+fn parse_step(cmd: &str, rest: Map<String, Value>) -> Result<Step, String> {
+    let account = |account: String| Target::Account(account);
+    Ok(match cmd {
+        "open" => {
+            let a: OpenArgs = args(cmd, rest)?;
+            Step::Execute(account(a.account), Command::Open { edu: a.edu })
+        }
+        "buy" => {
+            let a: BuyArgs = args(cmd, rest)?;
+            let command = Command::Buy {
+                order: a.order,
+                plan: a.plan,
+                price_cny: a.price_cny,
+                price_reason: a.price_reason,
+            };
+            Step::Execute(account(a.account), command)
+        }
+        "login" => Step::Execute(
+            account(args::<AccountArgs>(cmd, rest)?.account),
+            Command::Login,
+        ),
+        "storage" => {
+            let a: StorageArgs = args(cmd, rest)?;
+            Step::Execute(account(a.account), Command::Storage { gb: a.gb })
+        }
+        "ban" => {
+            let a: BanArgs = args(cmd, rest)?;
+            Step::Execute(account(a.account), Command::Ban { reason: a.reason })
+        }
+        "meter" => {
+            let a: MeterArgs = args(cmd, rest)?;
+            let command = Command::RecordUsage {
+                record: a.record,
+                model: a.model,
+                cards: a.cards,
+                seconds: a.seconds,
+                started_at: None,
+            };
+            Step::Execute(account(a.account), command)
+        }
+        "lease" => {
+            let a: LeaseArgs = args(cmd, rest)?;
+            let request = LeaseRequest {
+                lease: a.lease,
+                kind: a.kind,
+                model: a.model,
+                cards_per_worker: a.cards,
+                workers: a.workers,
+            };
+            Step::Execute(account(a.account), Command::RequestLease(request))
+        }
+        "heartbeat" => {
+            let lease = args::<LeaseIdArgs>(cmd, rest)?.lease;
+            Step::Execute(Target::Lease(lease.clone()), Command::Heartbeat { lease })
+        }
+        "release" => {
+            let lease = args::<LeaseIdArgs>(cmd, rest)?.lease;
+            Step::Execute(Target::Lease(lease.clone()), Command::Release { lease })
+        }
+        "balance" => Step::Balance(args::<AccountArgs>(cmd, rest)?.account),
+        "quota" => Step::Quota(args::<AccountArgs>(cmd, rest)?.account),
+        "lease_status" => Step::LeaseStatus(args::<LeaseIdArgs>(cmd, rest)?.lease),
+        other => return Err(format!("unknown cmd {other:?}")),
+    })
+}
+
+/// A line split into its instant, its command name and its step. The instant is returned
+/// even when the rest is malformed, so the error line can carry it.
+fn parse_line(text: &str) -> (Option<Timestamp>, Option<String>, Result<Step, String>) {
+    if text.len() > MAX_LINE_BYTES {
+        return (
+            None,
+            None,
+            Err(format!("line longer than {MAX_LINE_BYTES} bytes")),
+        );
+    }
+    let mut object = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(object)) => object,
+        Ok(_) => return (None, None, Err("a line must be a JSON object".into())),
+        Err(error) => return (None, None, Err(format!("not JSON: {error}"))),
+    };
+    let at = match object.remove("at") {
+        Some(Value::String(text)) => match Timestamp::parse(&text) {
+            Ok(at) => at,
+            Err(error) => return (None, None, Err(format!("at: {error}"))),
+        },
+        Some(_) => return (None, None, Err("at must be an RFC 3339 string".into())),
+        None => return (None, None, Err("missing at".into())),
+    };
+    let cmd = match object.remove("cmd") {
+        Some(Value::String(cmd)) => cmd,
+        _ => return (Some(at), None, Err("missing cmd (a string)".into())),
+    };
+    let step = parse_step(&cmd, object);
+    (Some(at), Some(cmd), step)
+}
+
+fn parse_config(text: &str) -> Option<Result<ScenarioConfig, String>> {
+    let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    let config = object.get("config")?;
+    if object.len() != 1 {
+        return Some(Err("a config line holds only \"config\"".into()));
+    }
+    Some(
+        serde_json::from_value::<ScenarioConfig>(config.clone())
+            .map_err(|error| format!("config: {error}"))
+            .and_then(check_config),
+    )
+}
+
+fn check_config(config: ScenarioConfig) -> Result<ScenarioConfig, String> {
+    if let Some(pool) = &config.pool {
+        if pool.len() > MAX_POOL_NODES {
+            return Err(format!("config: at most {MAX_POOL_NODES} pool nodes"));
+        }
+        let catalog = ledger::catalog::Catalog::default();
+        for node in pool {
+            if catalog.model(&node.model).is_none() {
+                return Err(format!("config: unknown GPU model {:?}", node.model));
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// Runs the scenario `input` on a fresh log in `data_dir`, writing one line per input line.
+pub async fn run<W: Write>(input: &str, data_dir: &Path, out: &mut W) -> anyhow::Result<()> {
+    let log = SqliteLog::open(data_dir)?;
+    if log.read_all(0, 1).await?.first().is_some() {
+        anyhow::bail!(
+            "{} already holds a log; a scenario runs on a fresh one",
+            data_dir.display()
+        );
+    }
+    let mut runner = Runner {
+        engine: None,
+        log: Some(log),
+        last_at: None,
+    };
+    for (index, text) in input.lines().take(MAX_LINES).enumerate() {
+        let line = index + 1;
+        let output = runner.line(line, text).await;
+        serde_json::to_writer(&mut *out, &output)?;
+        out.write_all(b"\n")?;
+    }
+    if let Some(engine) = runner.engine {
+        engine.log().close().await?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Runs a scenario in a temporary directory and returns its output (for tests and docs).
+pub async fn run_to_string(input: &str) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let mut out = Vec::new();
+    run(input, dir.path(), &mut out).await?;
+    Ok(String::from_utf8(out)?)
+}
+
+struct Runner {
+    engine: Option<Engine<SqliteLog>>,
+    log: Option<SqliteLog>,
+    last_at: Option<Timestamp>,
+}
+
+fn error_line(line: usize, at: Option<Timestamp>, refusal: &Refusal) -> Value {
+    json!({"line": line, "at": at, "error": {"code": refusal.code, "message": refusal.message}})
+}
+
+impl Runner {
+    async fn engine(&mut self, config: ScenarioConfig) -> anyhow::Result<&mut Engine<SqliteLog>> {
+        if self.engine.is_none() {
+            let log = self
+                .log
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("log already taken"))?;
+            let context = Context {
+                lease_ttl_s: config.lease_ttl_s,
+                ..Context::default()
+            };
+            self.engine = Some(Engine::open(log, context).await?);
+        }
+        self.engine
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no engine"))
+    }
+
+    async fn line(&mut self, line: usize, text: &str) -> Value {
+        if line == 1 {
+            if let Some(config) = parse_config(text) {
+                return match config {
+                    Ok(config) => match self.engine(config.clone()).await {
+                        Ok(_) => json!({"line": line, "at": null, "config": config}),
+                        Err(error) => error_line(line, None, &storage_refusal(&error.to_string())),
+                    },
+                    Err(message) => {
+                        let refusal = Refusal::invalid(format!("line {line}: {message}"));
+                        error_line(line, None, &refusal)
+                    }
+                };
+            }
+        }
+        let (at, cmd, step) = parse_line(text);
+        let (at, cmd, step) = match (at, cmd, step) {
+            (Some(at), Some(cmd), Ok(step)) => (at, cmd, step),
+            (at, _, step) => {
+                let message = step.err().unwrap_or_default();
+                let refusal = Refusal::invalid(format!("line {line}: {message}"));
+                return error_line(line, at, &refusal);
+            }
+        };
+        if self.last_at.is_some_and(|last| at < last) {
+            let refusal = Refusal::new(
+                ErrorCode::TimeWentBackwards,
+                format!("line {line}: {at} is before the previous line's instant"),
+            );
+            return error_line(line, Some(at), &refusal);
+        }
+        self.last_at = Some(at);
+        match self.step(step, at).await {
+            Ok(body) => {
+                let mut output = Map::new();
+                output.insert("line".into(), json!(line));
+                output.insert("at".into(), json!(at));
+                output.insert("cmd".into(), json!(cmd));
+                if let Value::Object(fields) = body {
+                    output.extend(fields);
+                }
+                Value::Object(output)
+            }
+            Err(refusal) => error_line(line, Some(at), &refusal),
+        }
+    }
+
+    async fn step(&mut self, step: Step, at: Timestamp) -> Result<Value, Refusal> {
+        let engine = self
+            .engine(ScenarioConfig::default())
+            .await
+            .map_err(|error| storage_refusal(&error.to_string()))?;
+        let value = match step {
+            Step::Execute(target, command) => match engine.execute(target, command, at).await {
+                Ok(outcome) => serde_json::to_value(outcome),
+                Err(EngineError::Refused(refusal)) => return Err(refusal),
+                Err(error) => return Err(storage_refusal(&error.to_string())),
+            },
+            Step::Balance(account) => serde_json::to_value(engine.balance(&account, at)?),
+            Step::Quota(account) => serde_json::to_value(engine.quota(&account, at)?),
+            Step::LeaseStatus(lease) => serde_json::to_value(engine.lease_status(&lease, at)?),
+        };
+        value.map_err(|error| storage_refusal(&error.to_string()))
+    }
+}
+
+/// A failure of the machinery rather than of the line. It has no code of its own in the
+/// SPEC; it is reported as an error line so the run can go on, and named in the message.
+fn storage_refusal(message: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::InvalidRequest,
+        format!("internal error: {message}"),
+    )
+}

@@ -1,0 +1,232 @@
+//! The catalog (SPEC §2): plans, the extension pack, GPU models and prices.
+//!
+//! The default is the manual's tables. A catalog is versioned and can be loaded from a JSON
+//! file; purchases record the version and the amounts in force (K1), so a later catalog
+//! never changes a past balance.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::amount::Dcu;
+
+/// Upper bounds that keep a catalog file sane.
+const MAX_PLANS: usize = 64;
+const MAX_MODELS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub id: String,
+    pub name: String,
+    /// P2/P3: a higher rank upgrades, an equal or lower rank queues.
+    pub rank: u32,
+    pub grant_dcu: Dcu,
+    pub parallelism_cap: u32,
+    pub storage_gb: u32,
+    pub price_cny: Decimal,
+    pub edu_price_cny: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionPack {
+    pub id: String,
+    pub name: String,
+    pub grant_dcu: Dcu,
+    pub price_cny: Decimal,
+    pub edu_price_cny: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuModel {
+    pub id: String,
+    pub memory_gb: u32,
+    pub rate_dcu_per_hour: Dcu,
+    pub units_per_card: u32,
+    pub multi_card: bool,
+    /// K3: what the platform gives each card (the manual's example: 6 CPUs, 80 GB).
+    pub cpus_per_card: u32,
+    pub memory_gb_per_card: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    pub version: String,
+    pub plans: Vec<Plan>,
+    pub extension: ExtensionPack,
+    pub models: Vec<GpuModel>,
+    /// K2: while set, every plan's storage allowance is this value.
+    pub beta_storage_gb: Option<u32>,
+    /// K3: per parallelism unit, at most this many CPUs and this much scratch storage.
+    pub cpus_per_unit: u32,
+    pub scratch_gb_per_unit: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog is not valid JSON of the expected shape: {0}")]
+    Parse(String),
+    #[error("catalog is inconsistent: {0}")]
+    Invalid(String),
+}
+
+impl Catalog {
+    pub fn plan(&self, id: &str) -> Option<&Plan> {
+        self.plans.iter().find(|plan| plan.id == id)
+    }
+
+    pub fn model(&self, id: &str) -> Option<&GpuModel> {
+        self.models.iter().find(|model| model.id == id)
+    }
+
+    /// K2: the storage allowance a plan gives.
+    pub fn storage_allowance_gb(&self, plan: &Plan) -> u32 {
+        self.beta_storage_gb.unwrap_or(plan.storage_gb)
+    }
+
+    pub fn from_json(text: &str) -> Result<Catalog, CatalogError> {
+        let catalog: Catalog =
+            serde_json::from_str(text).map_err(|error| CatalogError::Parse(error.to_string()))?;
+        catalog.validate()?;
+        Ok(catalog)
+    }
+
+    pub fn validate(&self) -> Result<(), CatalogError> {
+        let invalid = |message: String| Err(CatalogError::Invalid(message));
+        if self.plans.is_empty() || self.plans.len() > MAX_PLANS {
+            return invalid(format!("between 1 and {MAX_PLANS} plans"));
+        }
+        if self.models.is_empty() || self.models.len() > MAX_MODELS {
+            return invalid(format!("between 1 and {MAX_MODELS} GPU models"));
+        }
+        for (index, plan) in self.plans.iter().enumerate() {
+            if plan.id.is_empty() || plan.id == self.extension.id {
+                return invalid(format!("plan id {:?} is empty or the extension's", plan.id));
+            }
+            if self.plans[..index].iter().any(|other| other.id == plan.id) {
+                return invalid(format!("plan id {:?} twice", plan.id));
+            }
+            if !plan.grant_dcu.is_positive() || plan.price_cny.is_sign_negative() {
+                return invalid(format!("plan {:?} needs a positive grant", plan.id));
+            }
+        }
+        if !self.extension.grant_dcu.is_positive() {
+            return invalid("the extension pack needs a positive grant".into());
+        }
+        for (index, model) in self.models.iter().enumerate() {
+            if self.models[..index]
+                .iter()
+                .any(|other| other.id == model.id)
+            {
+                return invalid(format!("model id {:?} twice", model.id));
+            }
+            if !model.rate_dcu_per_hour.is_positive() || model.units_per_card == 0 {
+                return invalid(format!(
+                    "model {:?} needs a positive rate and units",
+                    model.id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dcu(text: &str) -> Dcu {
+    Dcu::parse(text).unwrap_or(Dcu::ZERO)
+}
+
+fn cny(text: &str) -> Decimal {
+    text.parse().unwrap_or(Decimal::ZERO)
+}
+
+impl Default for Catalog {
+    /// The manual's tables (SPEC §2), during the public beta (K2: 100 GB).
+    fn default() -> Catalog {
+        let plan = |id: &str, name: &str, rank, grant, cap, storage, price, edu| Plan {
+            id: id.into(),
+            name: name.into(),
+            rank,
+            grant_dcu: dcu(grant),
+            parallelism_cap: cap,
+            storage_gb: storage,
+            price_cny: cny(price),
+            edu_price_cny: cny(edu),
+        };
+        Catalog {
+            version: "2025-04-16".into(),
+            plans: vec![
+                plan("trial", "尝鲜版", 1, "20", 2, 30, "135", "119"),
+                plan("basic", "初级版", 2, "56.6", 4, 60, "365", "325"),
+                plan("advanced", "高级版", 3, "500", 8, 100, "3100", "2750"),
+            ],
+            extension: ExtensionPack {
+                id: "extension".into(),
+                name: "扩展包".into(),
+                grant_dcu: dcu("10"),
+                price_cny: cny("67.5"),
+                edu_price_cny: cny("59.5"),
+            },
+            models: vec![
+                GpuModel {
+                    id: "dc100-40g".into(),
+                    memory_gb: 40,
+                    rate_dcu_per_hour: dcu("1.28"),
+                    units_per_card: 1,
+                    multi_card: false,
+                    cpus_per_card: 6,
+                    memory_gb_per_card: 40,
+                },
+                GpuModel {
+                    id: "dc100-80g".into(),
+                    memory_gb: 80,
+                    rate_dcu_per_hour: dcu("2.56"),
+                    units_per_card: 2,
+                    multi_card: true,
+                    cpus_per_card: 6,
+                    memory_gb_per_card: 80,
+                },
+            ],
+            beta_storage_gb: Some(100),
+            cpus_per_unit: 10,
+            scratch_gb_per_unit: 121,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r_k1_default_catalog_is_the_manuals_table_and_valid() {
+        let catalog = Catalog::default();
+        assert!(catalog.validate().is_ok());
+        let basic = catalog.plan("basic").expect("basic exists");
+        assert_eq!(basic.grant_dcu.to_string(), "56.6");
+        assert_eq!(basic.edu_price_cny.to_string(), "325");
+        assert_eq!(catalog.extension.price_cny.to_string(), "67.5");
+        let model = catalog.model("dc100-80g").expect("80g exists");
+        assert_eq!(model.rate_dcu_per_hour.to_string(), "2.56");
+    }
+
+    #[test]
+    fn r_k2_beta_storage_overrides_every_plan() {
+        let mut catalog = Catalog::default();
+        let trial = catalog.plan("trial").cloned().expect("trial exists");
+        assert_eq!(catalog.storage_allowance_gb(&trial), 100);
+        catalog.beta_storage_gb = None;
+        assert_eq!(catalog.storage_allowance_gb(&trial), 30);
+    }
+
+    #[test]
+    fn r_k1_catalog_round_trips_through_json_and_refuses_garbage() {
+        let text = serde_json::to_string(&Catalog::default()).expect("serialises");
+        assert_eq!(Catalog::from_json(&text).ok(), Some(Catalog::default()));
+        assert!(Catalog::from_json("{}").is_err());
+        assert!(Catalog::from_json("not json").is_err());
+        let duplicated = text.replace("\"basic\"", "\"trial\"");
+        assert!(Catalog::from_json(&duplicated).is_err());
+    }
+}

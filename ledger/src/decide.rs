@@ -1,0 +1,675 @@
+//! `decide`: a command at `now` becomes events, or a refusal with a SPEC error code. Pure.
+//!
+//! `decide` sees the state after `due(state, now)` has been folded in; it never reads a
+//! clock and never writes. The same command twice has one effect (I5): orders, usage
+//! records and leases are keyed by their ids, and a repeat produces no events.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::account::AccountState;
+use crate::amount::{lease_cost, Dcu};
+use crate::catalog::Catalog;
+use crate::clock::{Timestamp, PERIOD_S};
+use crate::due::{metering, Emitter};
+use crate::event::Event;
+use crate::event::{
+    BucketAmount, EventBody, JobKind, LeaseEnd, LeaseTerms, Payment, PlanTerms, RevokeReason,
+};
+
+/// Bounds on what one command may ask for; each far above real use.
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_CARDS_PER_WORKER: u32 = 64;
+pub const MAX_WORKERS: u32 = 64;
+/// M11: one usage record covers at most a year of GPU time per card.
+pub const MAX_USAGE_SECONDS: u64 = 366 * 86_400;
+pub const MAX_USAGE_CARDS: u32 = 4_096;
+pub const MAX_STORAGE_GB: u64 = 1_000_000_000;
+pub const MAX_REASON_LEN: usize = 1_000;
+/// M3: a lease is admitted only if the balance lasts at least this long at its burn rate.
+pub const MIN_CREDIT_SECONDS: u64 = 60;
+
+/// The error codes of SPEC §11 (the REST API uses the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    UnknownAccount,
+    AccountExists,
+    AccountBanned,
+    NoCurrentPeriod,
+    InsufficientCredit,
+    ParallelismExceeded,
+    MultiCardNotSupported,
+    StorageOverAllowance,
+    UnknownLease,
+    LeaseNotActive,
+    TimeWentBackwards,
+    InvalidRequest,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownAccount => "unknown_account",
+            ErrorCode::AccountExists => "account_exists",
+            ErrorCode::AccountBanned => "account_banned",
+            ErrorCode::NoCurrentPeriod => "no_current_period",
+            ErrorCode::InsufficientCredit => "insufficient_credit",
+            ErrorCode::ParallelismExceeded => "parallelism_exceeded",
+            ErrorCode::MultiCardNotSupported => "multi_card_not_supported",
+            ErrorCode::StorageOverAllowance => "storage_over_allowance",
+            ErrorCode::UnknownLease => "unknown_lease",
+            ErrorCode::LeaseNotActive => "lease_not_active",
+            ErrorCode::TimeWentBackwards => "time_went_backwards",
+            ErrorCode::InvalidRequest => "invalid_request",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// A command refused, with the code and a message that says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Refusal {
+        Refusal::new(ErrorCode::InvalidRequest, message)
+    }
+}
+
+/// What a command needs besides the state: the catalog in force and the lease settings.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub catalog: Catalog,
+    /// M6: 0 turns lease expiry off.
+    pub lease_ttl_s: u32,
+}
+
+impl Default for Context {
+    fn default() -> Context {
+        Context {
+            catalog: Catalog::default(),
+            lease_ttl_s: 90,
+        }
+    }
+}
+
+/// A lease request (M1, M2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    pub lease: String,
+    pub kind: JobKind,
+    pub model: String,
+    pub cards_per_worker: u32,
+    pub workers: u32,
+}
+
+/// Commands addressed to one account. Lease commands are routed to the lease's account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Open {
+        edu: bool,
+    },
+    Buy {
+        order: String,
+        plan: String,
+        /// P6: a price other than the list price, with its reason.
+        price_cny: Option<Decimal>,
+        price_reason: Option<String>,
+    },
+    Login,
+    Storage {
+        gb: u64,
+    },
+    Ban {
+        reason: String,
+    },
+    RecordUsage {
+        record: String,
+        model: String,
+        cards: u32,
+        seconds: u64,
+        started_at: Option<Timestamp>,
+    },
+    RequestLease(LeaseRequest),
+    Heartbeat {
+        lease: String,
+    },
+    Release {
+        lease: String,
+    },
+}
+
+/// Checks an id (account, order, lease, record): 1 to 128 printable ASCII characters
+/// without spaces, so it is safe in logs, URLs and stream names.
+pub fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
+    let fine = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic() && byte != b'/');
+    if fine {
+        Ok(())
+    } else {
+        Err(Refusal::invalid(format!(
+            "{what} must be 1 to {MAX_ID_LEN} printable ASCII characters without spaces or '/'"
+        )))
+    }
+}
+
+/// The events a command produces at `now`, given the state after the due events.
+pub fn decide(
+    state: &AccountState,
+    context: &Context,
+    command: &Command,
+    now: Timestamp,
+) -> Result<Vec<Event>, Refusal> {
+    match command {
+        Command::Open { edu } => open(state, *edu, now),
+        Command::Buy {
+            order,
+            plan,
+            price_cny,
+            price_reason,
+        } => buy(
+            state,
+            context,
+            order,
+            plan,
+            *price_cny,
+            price_reason.as_deref(),
+            now,
+        ),
+        Command::Login => {
+            require_open(state)?;
+            Ok(vec![event(now, EventBody::LoggedIn)])
+        }
+        Command::Storage { gb } => {
+            require_open(state)?;
+            if *gb > MAX_STORAGE_GB {
+                return Err(Refusal::invalid(format!(
+                    "gb must be at most {MAX_STORAGE_GB}"
+                )));
+            }
+            Ok(vec![event(now, EventBody::StorageReported { gb: *gb })])
+        }
+        Command::Ban { reason } => ban(state, reason, now),
+        Command::RecordUsage {
+            record,
+            model,
+            cards,
+            seconds,
+            started_at,
+        } => record_usage(
+            state,
+            context,
+            record,
+            model,
+            *cards,
+            *seconds,
+            *started_at,
+            now,
+        ),
+        Command::RequestLease(request) => request_lease(state, context, request, now),
+        Command::Heartbeat { lease } => heartbeat(state, lease, now),
+        Command::Release { lease } => release(state, lease, now),
+    }
+}
+
+fn event(at: Timestamp, body: EventBody) -> Event {
+    Event { at, body }
+}
+
+fn require_open(state: &AccountState) -> Result<(), Refusal> {
+    if state.opened {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::UnknownAccount,
+            format!("account {:?} is not open", state.id),
+        ))
+    }
+}
+
+fn require_not_banned(state: &AccountState) -> Result<(), Refusal> {
+    if state.banned {
+        Err(Refusal::new(
+            ErrorCode::AccountBanned,
+            format!("account {:?} is banned", state.id),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A1
+fn open(state: &AccountState, edu: bool, now: Timestamp) -> Result<Vec<Event>, Refusal> {
+    if state.opened {
+        return Err(Refusal::new(
+            ErrorCode::AccountExists,
+            format!("account {:?} already exists", state.id),
+        ));
+    }
+    check_id("account", &state.id)?;
+    let body = EventBody::AccountOpened {
+        account: state.id.clone(),
+        edu,
+    };
+    Ok(vec![event(now, body)])
+}
+
+/// P6: the price recorded for an order.
+fn payment(
+    context: &Context,
+    edu: bool,
+    list: (Decimal, Decimal),
+    price_cny: Option<Decimal>,
+    price_reason: Option<&str>,
+) -> Result<Payment, Refusal> {
+    let list_price_cny = if edu { list.1 } else { list.0 };
+    let reason = price_reason
+        .map(str::trim)
+        .filter(|reason| !reason.is_empty());
+    if reason.is_some_and(|reason| reason.len() > MAX_REASON_LEN) {
+        return Err(Refusal::invalid(format!(
+            "price_reason over {MAX_REASON_LEN} bytes"
+        )));
+    }
+    let price = price_cny.unwrap_or(list_price_cny);
+    if price.is_sign_negative() || price.scale() > 2 || price > Decimal::from(1_000_000_000) {
+        return Err(Refusal::invalid(
+            "price_cny must be between 0 and 1e9 CNY with at most 2 decimals",
+        ));
+    }
+    if price != list_price_cny && reason.is_none() {
+        return Err(Refusal::invalid(format!(
+            "a price other than the list price ({list_price_cny} CNY) needs a price_reason"
+        )));
+    }
+    Ok(Payment {
+        catalog_version: context.catalog.version.clone(),
+        edu,
+        list_price_cny,
+        price_cny: price,
+        price_reason: reason.map(String::from),
+    })
+}
+
+/// P1–P6
+fn buy(
+    state: &AccountState,
+    context: &Context,
+    order: &str,
+    plan: &str,
+    price_cny: Option<Decimal>,
+    price_reason: Option<&str>,
+    now: Timestamp,
+) -> Result<Vec<Event>, Refusal> {
+    require_open(state)?;
+    check_id("order", order)?;
+    if let Some(recorded) = state.orders.get(order) {
+        return if recorded.plan == plan {
+            Ok(Vec::new())
+        } else {
+            Err(Refusal::invalid(format!(
+                "order {order:?} was already recorded for plan {:?}",
+                recorded.plan
+            )))
+        };
+    }
+    let catalog = &context.catalog;
+    if plan == catalog.extension.id {
+        let pack = &catalog.extension;
+        let payment = payment(
+            context,
+            state.edu,
+            (pack.price_cny, pack.edu_price_cny),
+            price_cny,
+            price_reason,
+        )?;
+        require_not_banned(state)?;
+        return extension(state, order, pack.grant_dcu, payment, now);
+    }
+    let Some(plan) = catalog.plan(plan) else {
+        return Err(Refusal::invalid(format!("unknown plan {plan:?}")));
+    };
+    let payment = payment(
+        context,
+        state.edu,
+        (plan.price_cny, plan.edu_price_cny),
+        price_cny,
+        price_reason,
+    )?;
+    require_not_banned(state)?;
+    let terms = PlanTerms {
+        plan: plan.id.clone(),
+        rank: plan.rank,
+        grant_dcu: plan.grant_dcu,
+        parallelism_cap: plan.parallelism_cap,
+        storage_allowance_gb: catalog.storage_allowance_gb(plan),
+    };
+    let order = order.to_string();
+    let bucket = state.next_bucket;
+    let period_ends_at = now.plus_seconds(PERIOD_S);
+    let arrears_paid = state.arrears_paid_by(terms.grant_dcu);
+    match &state.period {
+        None => {
+            let mut emitter = Emitter::new(state.clone());
+            let body = EventBody::PlanStarted {
+                order,
+                terms,
+                payment,
+                bucket,
+                period_ends_at,
+                arrears_paid,
+            };
+            emitter.emit(now, body);
+            emitter.activate_carry_over(now, period_ends_at);
+            Ok(emitter.events)
+        }
+        Some(current) if terms.rank > current.terms.rank => {
+            let body = EventBody::PlanUpgraded {
+                order,
+                terms,
+                payment,
+                bucket,
+                period_ends_at,
+                arrears_paid,
+            };
+            Ok(vec![event(now, body)])
+        }
+        Some(_) => Ok(vec![event(
+            now,
+            EventBody::PlanQueued {
+                order,
+                terms,
+                payment,
+            },
+        )]),
+    }
+}
+
+/// P5
+fn extension(
+    state: &AccountState,
+    order: &str,
+    grant_dcu: Dcu,
+    payment: Payment,
+    now: Timestamp,
+) -> Result<Vec<Event>, Refusal> {
+    let Some(period) = &state.period else {
+        return Err(Refusal::new(
+            ErrorCode::NoCurrentPeriod,
+            "an extension pack needs a current period: buy a plan first",
+        ));
+    };
+    let body = EventBody::ExtensionGranted {
+        order: order.into(),
+        grant_dcu,
+        payment,
+        bucket: state.next_bucket,
+        expires_at: period.ends_at,
+        arrears_paid: state.arrears_paid_by(grant_dcu),
+    };
+    Ok(vec![event(now, body)])
+}
+
+/// A3: running leases are metered up to the ban and revoked; all credit is forfeited;
+/// queued plans are cancelled. A second ban changes nothing.
+fn ban(state: &AccountState, reason: &str, now: Timestamp) -> Result<Vec<Event>, Refusal> {
+    require_open(state)?;
+    if state.banned {
+        return Ok(Vec::new());
+    }
+    if reason.len() > MAX_REASON_LEN {
+        return Err(Refusal::invalid(format!(
+            "reason over {MAX_REASON_LEN} bytes"
+        )));
+    }
+    let mut emitter = Emitter::new(state.clone());
+    emitter.meter_running(now, false);
+    emitter.end_running(now, LeaseEnd::Revoked, Some(RevokeReason::AccountBanned));
+    let forfeited = emitter
+        .state
+        .buckets
+        .iter()
+        .filter(|bucket| bucket.remaining.is_positive())
+        .map(|bucket| BucketAmount {
+            bucket: bucket.id,
+            amount: bucket.remaining,
+        })
+        .collect();
+    let cancelled_orders = emitter
+        .state
+        .queue
+        .iter()
+        .map(|queued| queued.order.clone())
+        .collect();
+    let body = EventBody::Banned {
+        reason: reason.into(),
+        forfeited,
+        cancelled_orders,
+    };
+    emitter.emit(now, body);
+    Ok(emitter.events)
+}
+
+/// M11: usage measured elsewhere, charged when recorded (D2: even when banned).
+#[allow(clippy::too_many_arguments)]
+fn record_usage(
+    state: &AccountState,
+    context: &Context,
+    record: &str,
+    model: &str,
+    cards: u32,
+    seconds: u64,
+    started_at: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<Vec<Event>, Refusal> {
+    require_open(state)?;
+    check_id("record", record)?;
+    if let Some(recorded) = state.records.get(record) {
+        let same =
+            recorded.model == model && recorded.cards == cards && recorded.seconds == seconds;
+        return if same {
+            Ok(Vec::new())
+        } else {
+            Err(Refusal::invalid(format!(
+                "record {record:?} was already recorded with other values"
+            )))
+        };
+    }
+    let Some(gpu) = context.catalog.model(model) else {
+        return Err(Refusal::invalid(format!("unknown GPU model {model:?}")));
+    };
+    if cards == 0 || cards > MAX_USAGE_CARDS {
+        return Err(Refusal::invalid(format!(
+            "cards must be 1 to {MAX_USAGE_CARDS}"
+        )));
+    }
+    if seconds > MAX_USAGE_SECONDS {
+        return Err(Refusal::invalid(format!(
+            "seconds must be at most {MAX_USAGE_SECONDS}"
+        )));
+    }
+    let cost = lease_cost(gpu.rate_dcu_per_hour, cards, seconds);
+    let body = EventBody::UsageRecorded {
+        record: record.into(),
+        model: model.into(),
+        cards,
+        seconds,
+        started_at: started_at.unwrap_or(now.plus_seconds(-(seconds as i64))),
+        charge: state.plan_charge(cost),
+    };
+    Ok(vec![event(now, body)])
+}
+
+/// M1, M2: the structural checks of a lease request.
+fn check_lease_shape(context: &Context, request: &LeaseRequest) -> Result<LeaseTerms, Refusal> {
+    check_id("lease", &request.lease)?;
+    let Some(model) = context.catalog.model(&request.model) else {
+        return Err(Refusal::invalid(format!(
+            "unknown GPU model {:?}",
+            request.model
+        )));
+    };
+    if request.cards_per_worker == 0 || request.cards_per_worker > MAX_CARDS_PER_WORKER {
+        return Err(Refusal::invalid(format!(
+            "cards per worker must be 1 to {MAX_CARDS_PER_WORKER}"
+        )));
+    }
+    if request.workers == 0 || request.workers > MAX_WORKERS {
+        return Err(Refusal::invalid(format!(
+            "workers must be 1 to {MAX_WORKERS}"
+        )));
+    }
+    if request.workers > 1 && request.kind != JobKind::RunTask {
+        return Err(Refusal::invalid(
+            "only run_task jobs may have more than one worker",
+        ));
+    }
+    let cards = request.cards_per_worker * request.workers;
+    Ok(LeaseTerms {
+        kind: request.kind,
+        model: model.id.clone(),
+        cards_per_worker: request.cards_per_worker,
+        workers: request.workers,
+        cards,
+        units: cards * model.units_per_card,
+        rate_dcu_per_hour: model.rate_dcu_per_hour,
+        ttl_s: context.lease_ttl_s,
+    })
+}
+
+/// M3: admission, checked in the SPEC's order; the first that applies wins.
+pub fn admit(
+    state: &AccountState,
+    context: &Context,
+    request: &LeaseRequest,
+    now: Timestamp,
+) -> Result<LeaseTerms, Refusal> {
+    let terms = check_lease_shape(context, request)?;
+    require_open(state)?;
+    require_not_banned(state)?;
+    if state.period.is_none() {
+        return Err(Refusal::new(
+            ErrorCode::NoCurrentPeriod,
+            "no current period: buy a plan first",
+        ));
+    }
+    let multi_card = context
+        .catalog
+        .model(&terms.model)
+        .is_some_and(|model| model.multi_card);
+    if !multi_card && terms.cards > 1 {
+        return Err(Refusal::new(
+            ErrorCode::MultiCardNotSupported,
+            format!("{} jobs may hold one card only", terms.model),
+        ));
+    }
+    if state.storage_used_gb > state.storage_allowance_gb() {
+        return Err(Refusal::new(
+            ErrorCode::StorageOverAllowance,
+            format!(
+                "storage used ({} GB) is over the allowance ({} GB): free some space first",
+                state.storage_used_gb,
+                state.storage_allowance_gb()
+            ),
+        ));
+    }
+    let live = state.live_available(now);
+    let minute = lease_cost(terms.rate_dcu_per_hour, terms.cards, MIN_CREDIT_SECONDS);
+    if !live.is_positive() || live < minute {
+        return Err(Refusal::new(
+            ErrorCode::InsufficientCredit,
+            format!("balance {live} DCU lasts less than {MIN_CREDIT_SECONDS} s of this job ({minute} DCU)"),
+        ));
+    }
+    let in_use = state.units_in_use();
+    if in_use + terms.units > state.parallelism_cap() {
+        return Err(Refusal::new(
+            ErrorCode::ParallelismExceeded,
+            format!(
+                "{} units in use + {} requested exceed the cap of {}",
+                in_use,
+                terms.units,
+                state.parallelism_cap()
+            ),
+        ));
+    }
+    Ok(terms)
+}
+
+/// M3, M10: a new lease is granted (cards always free here; the pool is the scheduler's).
+fn request_lease(
+    state: &AccountState,
+    context: &Context,
+    request: &LeaseRequest,
+    now: Timestamp,
+) -> Result<Vec<Event>, Refusal> {
+    if state.running.contains_key(&request.lease) || state.ended.contains_key(&request.lease) {
+        return Ok(Vec::new());
+    }
+    let terms = admit(state, context, request, now)?;
+    let body = EventBody::LeaseGranted {
+        lease: request.lease.clone(),
+        terms,
+        placement: Vec::new(),
+    };
+    Ok(vec![event(now, body)])
+}
+
+fn lease_refusal(state: &AccountState, lease: &str) -> Refusal {
+    if state.ended.contains_key(lease) {
+        Refusal::new(
+            ErrorCode::LeaseNotActive,
+            format!("lease {lease:?} is not running"),
+        )
+    } else {
+        Refusal::new(ErrorCode::UnknownLease, format!("no lease {lease:?}"))
+    }
+}
+
+/// M6: a heartbeat meters the seconds since the last metering.
+fn heartbeat(state: &AccountState, lease: &str, now: Timestamp) -> Result<Vec<Event>, Refusal> {
+    if !state.running.contains_key(lease) {
+        return Err(lease_refusal(state, lease));
+    }
+    Ok(metering(state, lease, now, true).into_iter().collect())
+}
+
+/// M10: release meters up to now and ends the lease; an ended lease answers its final state.
+fn release(state: &AccountState, lease: &str, now: Timestamp) -> Result<Vec<Event>, Refusal> {
+    if state.ended.contains_key(lease) {
+        return Ok(Vec::new());
+    }
+    if !state.running.contains_key(lease) {
+        return Err(lease_refusal(state, lease));
+    }
+    let mut events: Vec<Event> = metering(state, lease, now, false).into_iter().collect();
+    let body = EventBody::LeaseEnded {
+        lease: lease.into(),
+        end: LeaseEnd::Released,
+        reason: None,
+    };
+    events.push(event(now, body));
+    Ok(events)
+}
