@@ -267,7 +267,7 @@ fn check_config(config: ScenarioConfig) -> Result<ScenarioConfig, String> {
 /// Runs the scenario `input` on a fresh log in `data_dir`, writing one line per input line.
 pub async fn run<W: Write>(input: &str, data_dir: &Path, out: &mut W) -> anyhow::Result<()> {
     let log = SqliteLog::open(data_dir)?;
-    if log.read_all(0, 1).await?.first().is_some() {
+    if !log.read_all(0, 1).await?.is_empty() {
         anyhow::bail!(
             "{} already holds a log; a scenario runs on a fresh one",
             data_dir.display()
