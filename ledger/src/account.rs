@@ -277,6 +277,17 @@ impl AccountState {
         self.arrears.min(amount).max(Dcu::ZERO)
     }
 
+    /// D1 + D2: what a plan starting at `at` pays towards arrears. The inactive carry-over
+    /// that its start activates (C2) burns first, so it pays first; the plan pays the rest.
+    pub fn arrears_paid_by_plan_start(&self, grant: Dcu, at: Timestamp) -> Dcu {
+        let activated: Dcu = self
+            .buckets_in(BucketState::Inactive)
+            .filter(|bucket| bucket.ends_at > at)
+            .map(|bucket| bucket.remaining)
+            .sum();
+        (self.arrears - activated).max(Dcu::ZERO).min(grant)
+    }
+
     /// Applies one event. Never fails: events are facts. Debug builds check I1 and I2.
     pub fn evolve(&mut self, event: &Event) {
         debug_assert!(event.at >= self.clock, "events go forward in time");

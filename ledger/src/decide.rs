@@ -375,11 +375,11 @@ fn buy(
             let mut emitter = Emitter::new(state.clone());
             let body = EventBody::PlanStarted {
                 order,
+                arrears_paid: state.arrears_paid_by_plan_start(terms.grant_dcu, now),
                 terms,
                 payment,
                 bucket,
                 period_ends_at,
-                arrears_paid,
             };
             emitter.emit(now, body);
             emitter.activate_carry_over(now, period_ends_at);

@@ -327,7 +327,7 @@ fn start_queued_plan(emitter: &mut Emitter, at: Timestamp) {
         order,
         bucket: emitter.state.next_bucket,
         period_ends_at,
-        arrears_paid: emitter.state.arrears_paid_by(grant),
+        arrears_paid: emitter.state.arrears_paid_by_plan_start(grant, at),
     };
     emitter.emit(at, body);
     emitter.activate_carry_over(at, period_ends_at);
