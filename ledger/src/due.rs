@@ -6,7 +6,7 @@
 //! repeats until the next instant is after `now`. Commands append these first; queries fold
 //! them in memory; the scheduler's timers use `next_due_at`.
 
-use crate::account::{AccountState, BucketSource, BucketState};
+use crate::account::{AccountState, Bucket, BucketSource, BucketState};
 use crate::amount::Dcu;
 use crate::clock::{Timestamp, CARRY_OVER_WINDOW_S, PERIOD_S, RETENTION_S};
 use crate::event::{BucketAmount, Event, EventBody, LeaseEnd, RevokeReason};
@@ -256,14 +256,19 @@ fn meter_and_exhaust(emitter: &mut Emitter, at: Timestamp) {
 /// expiring with the period is carried over instead (C1), unless it somehow outlived it.
 fn expire_active_buckets(emitter: &mut Emitter, at: Timestamp) {
     let period_end = emitter.state.period.as_ref().map(|period| period.ends_at);
+    expire_buckets(emitter, at, |bucket| {
+        bucket.state == BucketState::Active
+            && (bucket.source == BucketSource::CarryOver || period_end != Some(bucket.ends_at))
+    });
+}
+
+/// C3: every bucket that `which` picks and whose end is due expires, by bucket.
+fn expire_buckets(emitter: &mut Emitter, at: Timestamp, which: impl Fn(&Bucket) -> bool) {
     let expiring: Vec<BucketAmount> = emitter
         .state
         .buckets
         .iter()
-        .filter(|bucket| bucket.state == BucketState::Active && bucket.ends_at <= at)
-        .filter(|bucket| {
-            bucket.source == BucketSource::CarryOver || period_end != Some(bucket.ends_at)
-        })
+        .filter(|bucket| bucket.ends_at <= at && which(bucket))
         .map(|bucket| BucketAmount {
             bucket: bucket.id,
             amount: bucket.remaining,
@@ -335,23 +340,7 @@ fn start_queued_plan(emitter: &mut Emitter, at: Timestamp) {
 
 /// C3: inactive carry-over whose window ended without a plan expires.
 fn end_windows(emitter: &mut Emitter, at: Timestamp) {
-    let ended: Vec<BucketAmount> = emitter
-        .state
-        .buckets
-        .iter()
-        .filter(|bucket| bucket.state == BucketState::Inactive && bucket.ends_at <= at)
-        .map(|bucket| BucketAmount {
-            bucket: bucket.id,
-            amount: bucket.remaining,
-        })
-        .collect();
-    for item in ended {
-        let body = EventBody::BucketExpired {
-            bucket: item.bucket,
-            amount: item.amount,
-        };
-        emitter.emit(at, body);
-    }
+    expire_buckets(emitter, at, |bucket| bucket.state == BucketState::Inactive);
 }
 
 /// S2: storage of a lapsed account is reclaimed 15 days after the lapse or the last login.
