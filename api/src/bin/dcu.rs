@@ -28,6 +28,18 @@ enum Commands {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Serves the REST API (docs/api.md) until SIGINT or SIGTERM.
+    Serve {
+        /// The data directory: the event log, `admin.token`, `tokens.jsonl`.
+        #[arg(long, default_value = api::server::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = api::server::DEFAULT_LISTEN)]
+        listen: String,
+        /// A catalog JSON file (default: the manual's tables).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +57,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Commands::Scenario { file, data } => scenario(file, data).await,
+            Commands::Serve {
+                data,
+                listen,
+                catalog,
+            } => serve(data, listen, catalog).await,
         }
     });
     match result {
@@ -69,4 +86,18 @@ async fn scenario(file: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
             api::scenario::run(&input, dir.path(), &mut out).await
         }
     }
+}
+
+async fn serve(data: PathBuf, listen: String, catalog: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut options = api::server::ServeOptions::new(data);
+    options.listen = listen;
+    options.catalog = catalog;
+    options.admin_token = std::env::var(api::server::auth::ADMIN_TOKEN_ENV).ok();
+    api::server::serve(options).await
 }

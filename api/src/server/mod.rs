@@ -1,0 +1,293 @@
+//! `dcu serve`: the REST face of the ledger (axum on tokio).
+//!
+//! - `engine_task`: the one task that owns `Engine<SqliteLog>`; handlers reach it through a
+//!   bounded channel with a oneshot reply.
+//! - `routes`: the endpoints and the OpenAPI document generated from them (`utoipa`).
+//! - `auth`: bearer tokens (admin; account tokens stored as hashes in `DIR/tokens.jsonl`).
+//! - `problem`: RFC 9457 errors and the SPEC code ↔ HTTP status table.
+//! - `wire`: request and response shapes.
+//!
+//! Shutdown (SIGINT/SIGTERM or `RunningServer::shutdown`): stop accepting, let in-flight
+//! requests finish (each waits for its append to be durable), drain the engine's queue,
+//! close the log.
+
+pub mod auth;
+pub mod engine_task;
+pub mod problem;
+pub mod routes;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use ledger::catalog::Catalog;
+use ledger::decide::Context;
+use ledger::log::sqlite::SqliteLog;
+use scheduler::Engine;
+use tokio::sync::oneshot;
+
+pub use engine_task::{system_clock, Clock, ENGINE_QUEUE_CAPACITY};
+
+use auth::TokenStore;
+use engine_task::EngineHandle;
+
+/// Largest request body accepted (a real one is well under 1 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./dcu-data";
+
+/// How to run a server.
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    /// A catalog JSON file; default: the manual's tables.
+    pub catalog: Option<PathBuf>,
+    /// The admin token; `None`: `DIR/admin.token` (created if missing).
+    pub admin_token: Option<String>,
+    /// `now` for commands; the engine never lets it go backwards.
+    pub clock: Clock,
+}
+
+impl ServeOptions {
+    pub fn new(data_dir: PathBuf) -> ServeOptions {
+        ServeOptions {
+            data_dir,
+            listen: DEFAULT_LISTEN.into(),
+            catalog: None,
+            admin_token: None,
+            clock: system_clock(),
+        }
+    }
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub tokens: Arc<TokenStore>,
+    pub catalog: Arc<serde_json::Value>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Request counts and the number of events appended, in Prometheus text.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    pub events_appended: Arc<AtomicU64>,
+}
+
+impl Metrics {
+    fn count(&self, method: &str, route: &str, status: u16) {
+        if let Ok(mut requests) = self.requests.lock() {
+            *requests
+                .entry((method.to_string(), route.to_string(), status))
+                .or_default() += 1;
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP dcu_http_requests_total HTTP requests by method, route and status.\n");
+        out.push_str("# TYPE dcu_http_requests_total counter\n");
+        if let Ok(requests) = self.requests.lock() {
+            for ((method, route, status), count) in requests.iter() {
+                let _ = writeln!(
+                    out,
+                    "dcu_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP dcu_events_appended_total Events appended to the log by this process.\n",
+        );
+        out.push_str("# TYPE dcu_events_appended_total counter\n");
+        let _ = writeln!(
+            out,
+            "dcu_events_appended_total {}",
+            self.events_appended.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+/// Counts and logs every request. Labels are bounded: the route template (not the path) and
+/// a known method.
+async fn observe(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state.metrics.count(method, &route, status);
+    tracing::info!(
+        method,
+        route = %route,
+        status,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+pub fn router(state: AppState) -> Router {
+    use routes::*;
+    Router::new()
+        .route("/v1/accounts", post(open_account))
+        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/accounts/{id}/orders", post(post_order))
+        .route("/v1/accounts/{id}/balance", get(get_balance))
+        .route("/v1/accounts/{id}/quota", get(get_quota))
+        .route("/v1/accounts/{id}/events", get(get_events))
+        .route("/v1/accounts/{id}/usage", post(post_usage))
+        .route("/v1/accounts/{id}/logins", post(post_login))
+        .route("/v1/accounts/{id}/storage", post(post_storage))
+        .route("/v1/accounts/{id}/ban", post(post_ban))
+        .route("/v1/accounts/{id}/tokens", post(post_token))
+        .route("/v1/catalog", get(get_catalog))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// A server running in the background.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, finishes in-flight requests, drains the engine, closes the log.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.task.await.context("the server task failed")?
+    }
+}
+
+/// Opens the log in `data_dir`, starts the engine task and listens.
+pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
+    let dir = options.data_dir;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let catalog = match &options.catalog {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the catalog {}", path.display()))?;
+            Catalog::from_json(&text).with_context(|| format!("bad catalog {}", path.display()))?
+        }
+        None => Catalog::default(),
+    };
+    let admin = auth::admin_token(&dir, options.admin_token)?;
+    let tokens = Arc::new(TokenStore::load(&dir, &admin)?);
+    let catalog_json = serde_json::to_value(&catalog)?;
+    let log = SqliteLog::open(&dir)?;
+    let engine = Engine::open(
+        log,
+        Context {
+            catalog,
+            ..Context::default()
+        },
+    )
+    .await?;
+    let metrics = Arc::new(Metrics::default());
+    let (engine, engine_task) =
+        engine_task::spawn(engine, options.clock, Arc::clone(&metrics.events_appended));
+    let listener = tokio::net::TcpListener::bind(&options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let addr = listener.local_addr()?;
+    let app = router(AppState {
+        engine,
+        tokens,
+        catalog: Arc::new(catalog_json),
+        metrics,
+    });
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    tracing::info!(%addr, data = %dir.display(), "dcu serve listening");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = shutdown_rx.await;
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await;
+        // The router (and every engine handle in it) is gone: the engine drains its queue
+        // and closes the log.
+        let closed = engine_task.await.context("the engine task panicked")?;
+        served.context("the HTTP server failed")?;
+        closed.context("closing the log failed")?;
+        tracing::info!("log closed; bye");
+        Ok(())
+    });
+    Ok(RunningServer {
+        addr,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+/// `dcu serve`: runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let server = start(options).await?;
+    wait_for_signal().await;
+    server.shutdown().await
+}
+
+async fn wait_for_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT"),
+        () = terminate => tracing::info!("SIGTERM"),
+    }
+}

@@ -1,0 +1,251 @@
+//! The API's own request and response shapes (ARCHITECTURE: only `api` knows the wire).
+//! Amounts are decimal strings, instants RFC 3339, field names as in SPEC §11.
+
+use ledger::account::BucketState;
+use ledger::clock::Timestamp;
+use ledger::event::PurchaseEffect;
+use ledger::Dcu;
+use projections::views::{BalanceView, BucketView, OrderView, QuotaView};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Most events one page of `GET /v1/accounts/{id}/events` returns.
+pub const MAX_EVENTS_PAGE: usize = 1_000;
+/// The page size when `limit` is not given.
+pub const DEFAULT_EVENTS_PAGE: usize = 100;
+
+/// A1: open an account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAccountRequest {
+    /// 1 to 128 printable ASCII characters, no spaces or `/`.
+    pub id: String,
+    /// Edu users pay edu prices (P6).
+    #[serde(default)]
+    pub edu: bool,
+}
+
+/// P1–P6: record an order (idempotent by `order`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub order: String,
+    /// `trial`, `basic`, `advanced` or `extension` (the catalog's ids).
+    pub plan: String,
+    /// A price other than the list price (decimal string); needs `price_reason`.
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub price_cny: Option<Decimal>,
+    #[serde(default)]
+    pub price_reason: Option<String>,
+}
+
+/// M11: GPU-seconds measured elsewhere.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRequest {
+    /// The record id (idempotent).
+    pub record: String,
+    pub model: String,
+    pub cards: u32,
+    pub seconds: u64,
+}
+
+/// S1: storage used now.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorageRequest {
+    pub gb: u64,
+}
+
+/// A3: ban an account (permanent).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BanRequest {
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AsOfQuery {
+    /// RFC 3339; default: the server's now.
+    pub as_of: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events with a larger stream revision; default: from the start.
+    pub after: Option<u64>,
+    /// 1 to 1000; default 100.
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountBody {
+    pub account: String,
+    pub edu: bool,
+    pub banned: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderBody {
+    pub account: String,
+    pub order: String,
+    pub plan: String,
+    /// `started`, `upgraded`, `queued` or `granted`.
+    #[schema(value_type = String)]
+    pub effect: PurchaseEffect,
+}
+
+impl From<OrderView> for OrderBody {
+    fn from(view: OrderView) -> Self {
+        OrderBody {
+            account: view.account,
+            order: view.order,
+            plan: view.plan,
+            effect: view.effect,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BucketBody {
+    pub id: u32,
+    pub source: String,
+    /// `active` or `inactive`.
+    #[schema(value_type = String)]
+    pub state: BucketState,
+    #[schema(value_type = String)]
+    pub remaining: Dcu,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub window_ends_at: Option<Timestamp>,
+}
+
+impl From<BucketView> for BucketBody {
+    fn from(view: BucketView) -> Self {
+        BucketBody {
+            id: view.id,
+            source: view.source,
+            state: view.state,
+            remaining: view.remaining,
+            expires_at: view.expires_at,
+            window_ends_at: view.window_ends_at,
+        }
+    }
+}
+
+/// D3: the balance; `available = active − arrears`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BalanceBody {
+    pub account: String,
+    #[schema(value_type = String)]
+    pub active: Dcu,
+    #[schema(value_type = String)]
+    pub inactive: Dcu,
+    #[schema(value_type = String)]
+    pub arrears: Dcu,
+    #[schema(value_type = String)]
+    pub available: Dcu,
+    #[schema(value_type = String)]
+    pub expired: Dcu,
+    #[schema(value_type = String)]
+    pub forfeited: Dcu,
+    pub buckets: Vec<BucketBody>,
+}
+
+impl From<BalanceView> for BalanceBody {
+    fn from(view: BalanceView) -> Self {
+        BalanceBody {
+            account: view.account,
+            active: view.active,
+            inactive: view.inactive,
+            arrears: view.arrears,
+            available: view.available,
+            expired: view.expired,
+            forfeited: view.forfeited,
+            buckets: view.buckets.into_iter().map(BucketBody::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaBody {
+    pub account: String,
+    pub plan: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub period_ends_at: Option<Timestamp>,
+    pub parallelism_cap: u32,
+    pub units_in_use: u32,
+    pub storage_allowance_gb: u64,
+    pub storage_used_gb: u64,
+    pub storage_reclaimed: bool,
+}
+
+impl From<QuotaView> for QuotaBody {
+    fn from(view: QuotaView) -> Self {
+        QuotaBody {
+            account: view.account,
+            plan: view.plan,
+            period_ends_at: view.period_ends_at,
+            parallelism_cap: view.parallelism_cap,
+            units_in_use: view.units_in_use,
+            storage_allowance_gb: view.storage_allowance_gb,
+            storage_used_gb: view.storage_used_gb,
+            storage_reclaimed: view.storage_reclaimed,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageBody {
+    pub account: String,
+    pub record: String,
+    /// M5/M11: what the record cost.
+    #[schema(value_type = String)]
+    pub cost: Dcu,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DoneBody {
+    pub account: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenBody {
+    pub account: String,
+    /// Shown once; only its hash is kept.
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventItem {
+    pub event_type: String,
+    /// Position in the account's stream, from 0.
+    pub revision: u64,
+    /// Position in the whole log.
+    pub position: u64,
+    /// The decoded event (`at`, `type` and its fields).
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventsBody {
+    pub account: String,
+    pub events: Vec<EventItem>,
+    /// Pass as `after` for the next page; null when this page was not full.
+    pub next_after: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthBody {
+    pub status: String,
+}
