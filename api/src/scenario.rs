@@ -2,9 +2,10 @@
 //! against a fresh embedded log with a manual clock. Every input line gives exactly one
 //! output line; a bad line gives an error line and the run goes on.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::Path;
 
+use anyhow::Context as _;
 use ledger::clock::Timestamp;
 use ledger::decide::{Command, Context, ErrorCode, LeaseRequest, Refusal};
 use ledger::event::JobKind;
@@ -17,8 +18,6 @@ use serde_json::{json, Map, Value};
 
 /// Longest input line read; a longer one is refused as malformed (a real line is < 1 KiB).
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
-/// Most lines in one scenario file.
-pub const MAX_LINES: usize = 10_000_000;
 /// Most nodes a pool config may name.
 pub const MAX_POOL_NODES: usize = 100_000;
 
@@ -264,8 +263,14 @@ fn check_config(config: ScenarioConfig) -> Result<ScenarioConfig, String> {
     Ok(config)
 }
 
-/// Runs the scenario `input` on a fresh log in `data_dir`, writing one line per input line.
-pub async fn run<W: Write>(input: &str, data_dir: &Path, out: &mut W) -> anyhow::Result<()> {
+/// Runs the scenario read from `input` on a fresh log in `data_dir`, writing one line per
+/// input line. Lines are read one at a time, as bytes: a line that is not UTF-8 is a
+/// malformed line like any other, and only a failure to read the input stops the run.
+pub async fn run<R: BufRead, W: Write>(
+    mut input: R,
+    data_dir: &Path,
+    out: &mut W,
+) -> anyhow::Result<()> {
     let log = SqliteLog::open(data_dir)?;
     if !log.read_all(0, 1).await?.is_empty() {
         anyhow::bail!(
@@ -278,9 +283,23 @@ pub async fn run<W: Write>(input: &str, data_dir: &Path, out: &mut W) -> anyhow:
         log: Some(log),
         last_at: None,
     };
-    for (index, text) in input.lines().take(MAX_LINES).enumerate() {
-        let line = index + 1;
-        let output = runner.line(line, text).await;
+    let mut bytes = Vec::new();
+    let mut line = 0;
+    loop {
+        bytes.clear();
+        let read = input.read_until(b'\n', &mut bytes);
+        if read.context("cannot read the scenario input")? == 0 {
+            break;
+        }
+        line += 1;
+        let text = trim_line_end(&bytes);
+        let output = match std::str::from_utf8(text) {
+            Ok(text) => runner.line(line, text).await,
+            Err(_) => {
+                let refusal = Refusal::invalid(format!("line {line}: not UTF-8 text"));
+                error_line(line, None, &refusal)
+            }
+        };
         serde_json::to_writer(&mut *out, &output)?;
         out.write_all(b"\n")?;
     }
@@ -291,11 +310,17 @@ pub async fn run<W: Write>(input: &str, data_dir: &Path, out: &mut W) -> anyhow:
     Ok(())
 }
 
+/// A line without its `\n` or `\r\n` (as `str::lines` reads it).
+fn trim_line_end(bytes: &[u8]) -> &[u8] {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes.strip_suffix(b"\r").unwrap_or(bytes)
+}
+
 /// Runs a scenario in a temporary directory and returns its output (for tests and docs).
 pub async fn run_to_string(input: &str) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let mut out = Vec::new();
-    run(input, dir.path(), &mut out).await?;
+    run(input.as_bytes(), dir.path(), &mut out).await?;
     Ok(String::from_utf8(out)?)
 }
 

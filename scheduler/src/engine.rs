@@ -214,8 +214,17 @@ impl<L: EventLog> Engine<L> {
     ) -> Result<Outcome, EngineError> {
         self.check_time(now)?;
         if let Command::RequestLease(request) = &command {
-            // M10: an existing lease id answers that lease's state, whoever asks.
+            // M10: an existing lease id answers that lease's state.
+            // A lease id of another account is refused like a foreign order id: answering
+            // would show one account's lease to another.
             if let Some(owner) = self.lease_owner.get(&request.lease) {
+                if target != Target::Account(owner.clone()) {
+                    return Err(Refusal::invalid(format!(
+                        "lease {:?} belongs to another account",
+                        request.lease
+                    ))
+                    .into());
+                }
                 return self.lease_outcome(owner, &request.lease, now);
             }
         }

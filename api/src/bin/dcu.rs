@@ -75,15 +75,16 @@ fn main() -> ExitCode {
 
 async fn scenario(file: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let input = std::fs::read_to_string(&file)
+    let opened = std::fs::File::open(&file)
         .with_context(|| format!("cannot read the scenario file {}", file.display()))?;
+    let input = std::io::BufReader::new(opened);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match data {
-        Some(dir) => api::scenario::run(&input, &dir, &mut out).await,
+        Some(dir) => api::scenario::run(input, &dir, &mut out).await,
         None => {
             let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-            api::scenario::run(&input, dir.path(), &mut out).await
+            api::scenario::run(input, dir.path(), &mut out).await
         }
     }
 }

@@ -1,0 +1,86 @@
+//! `dcu scenario` as a user runs it: hostile files, exit codes, one line out per line in.
+
+use std::process::Command;
+
+fn dcu() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dcu"))
+}
+
+fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("file written");
+    path
+}
+
+#[test]
+fn scenario_non_utf8_line_is_malformed_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write(
+        dir.path(),
+        "bytes.jsonl",
+        b"{\"at\":\"2025-04-01T00:00:00Z\",\"cmd\":\"open\",\"account\":\"a\xff\"}\r\n\
+          {\"at\":\"2025-04-01T00:00:00Z\",\"cmd\":\"open\",\"account\":\"b\"}\n\
+          \n\
+          {\"at\":\"2025-04-01T00:00:00Z\",\"cmd\":\"balance\",\"account\":\"b\"}",
+    );
+    let output = dcu().arg("scenario").arg(&file).output().expect("dcu runs");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).expect("UTF-8 output");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "one output line per input line: {text}");
+    assert_eq!(lines[0]["error"]["code"], "invalid_request");
+    assert_eq!(lines[1]["account"], "b");
+    assert_eq!(
+        lines[2]["error"]["code"], "invalid_request",
+        "a blank line is malformed"
+    );
+    assert_eq!(lines[3]["available"], "0");
+    for (index, line) in lines.iter().enumerate() {
+        assert_eq!(line["line"], index + 1);
+    }
+}
+
+#[test]
+fn scenario_unreadable_input_exits_non_zero_with_a_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for target in [dir.path().join("missing.jsonl"), dir.path().to_path_buf()] {
+        let output = dcu()
+            .arg("scenario")
+            .arg(&target)
+            .output()
+            .expect("dcu runs");
+        assert!(!output.status.success(), "{} must fail", target.display());
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.contains("cannot read the scenario"), "{message}");
+    }
+}
+
+#[test]
+fn scenario_refuses_a_data_dir_that_already_holds_a_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write(
+        dir.path(),
+        "open.jsonl",
+        b"{\"at\":\"2025-04-01T00:00:00Z\",\"cmd\":\"open\",\"account\":\"a\"}\n",
+    );
+    let data = dir.path().join("data");
+    let first = dcu()
+        .arg("scenario")
+        .arg(&file)
+        .arg("--data")
+        .arg(&data)
+        .output();
+    assert!(first.expect("dcu runs").status.success());
+    let second = dcu()
+        .arg("scenario")
+        .arg(&file)
+        .arg("--data")
+        .arg(&data)
+        .output();
+    let second = second.expect("dcu runs");
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already holds a log"));
+}
