@@ -16,7 +16,10 @@ pub fn scenario_inputs() -> Vec<PathBuf> {
             entries
                 .filter_map(|entry| entry.ok().map(|entry| entry.path()))
                 .filter(|path| {
-                    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("");
+                    let name = path
+                        .file_name()
+                        .and_then(|name| name.to_str())
+                        .unwrap_or("");
                     name.ends_with(".jsonl") && !name.ends_with(".expected.jsonl")
                 })
                 .collect()

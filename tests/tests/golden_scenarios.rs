@@ -14,7 +14,9 @@ async fn golden_scenarios_match_their_expected_output() {
     let mut failures = Vec::new();
     for input in inputs {
         let text = std::fs::read_to_string(&input).expect("story readable");
-        let output = api::scenario::run_to_string(&text).await.expect("story runs");
+        let output = api::scenario::run_to_string(&text)
+            .await
+            .expect("story runs");
         assert_eq!(
             output.lines().count(),
             text.lines().count(),
@@ -38,8 +40,15 @@ async fn golden_scenarios_match_their_expected_output() {
             }
         }
         if output.lines().count() != expected.lines().count() {
-            failures.push(format!("{}: line count differs from expected", input.display()));
+            failures.push(format!(
+                "{}: line count differs from expected",
+                input.display()
+            ));
         }
     }
-    assert!(failures.is_empty(), "golden stories differ:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden stories differ:\n{}",
+        failures.join("\n")
+    );
 }
