@@ -105,6 +105,13 @@ impl RunningLease {
     }
 }
 
+/// M4: a lease waiting for cards. Waiting is not billed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueuedLease {
+    pub terms: LeaseTerms,
+    pub queued_at: Timestamp,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EndedLease {
     pub kind: crate::event::JobKind,
@@ -160,6 +167,7 @@ pub struct AccountState {
     /// the storage is reclaimed).
     pub lapsed_at: Option<Timestamp>,
     pub running: BTreeMap<String, RunningLease>,
+    pub queued_leases: BTreeMap<String, QueuedLease>,
     pub ended: BTreeMap<String, EndedLease>,
     pub orders: BTreeMap<String, OrderRecord>,
     pub records: BTreeMap<String, UsageRecord>,
@@ -215,6 +223,21 @@ impl AccountState {
 
     pub fn units_in_use(&self) -> u32 {
         self.running.values().map(|lease| lease.terms.units).sum()
+    }
+
+    /// M3: units of the account's queued leases (they count against the cap too).
+    pub fn units_queued(&self) -> u32 {
+        self.queued_leases
+            .values()
+            .map(|lease| lease.terms.units)
+            .sum()
+    }
+
+    /// M10: whether this account has ever had this lease id.
+    pub fn knows_lease(&self, lease: &str) -> bool {
+        self.running.contains_key(lease)
+            || self.queued_leases.contains_key(lease)
+            || self.ended.contains_key(lease)
     }
 
     pub fn parallelism_cap(&self) -> u32 {
@@ -430,11 +453,21 @@ impl AccountState {
                     },
                 );
             }
+            EventBody::LeaseQueued { lease, terms } => {
+                self.queued_leases.insert(
+                    lease.clone(),
+                    QueuedLease {
+                        terms: terms.clone(),
+                        queued_at: at,
+                    },
+                );
+            }
             EventBody::LeaseGranted {
                 lease,
                 terms,
                 placement,
             } => {
+                self.queued_leases.remove(lease);
                 self.running.insert(
                     lease.clone(),
                     RunningLease {
@@ -463,6 +496,19 @@ impl AccountState {
                 self.apply_charge(charge);
             }
             EventBody::LeaseEnded { lease, end, reason } => {
+                if let Some(queued) = self.queued_leases.remove(lease) {
+                    self.ended.insert(
+                        lease.clone(),
+                        EndedLease {
+                            kind: queued.terms.kind,
+                            model: queued.terms.model,
+                            end: *end,
+                            reason: *reason,
+                            charged: Dcu::ZERO,
+                            ended_at: at,
+                        },
+                    );
+                }
                 if let Some(running) = self.running.remove(lease) {
                     self.ended.insert(
                         lease.clone(),

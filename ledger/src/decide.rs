@@ -16,7 +16,8 @@ use crate::clock::{Timestamp, PERIOD_S};
 use crate::due::{metering, Emitter};
 use crate::event::Event;
 use crate::event::{
-    BucketAmount, EventBody, JobKind, LeaseEnd, LeaseTerms, Payment, PlanTerms, RevokeReason,
+    BucketAmount, EventBody, JobKind, LeaseEnd, LeaseTerms, Payment, Placement, PlanTerms,
+    RevokeReason,
 };
 
 /// Bounds on what one command may ask for; each far above real use.
@@ -447,6 +448,15 @@ fn ban(state: &AccountState, reason: &str, now: Timestamp) -> Result<Vec<Event>,
     let mut emitter = Emitter::new(state.clone());
     emitter.meter_running(now, false);
     emitter.end_running(now, LeaseEnd::Revoked, Some(RevokeReason::AccountBanned));
+    let queued: Vec<String> = emitter.state.queued_leases.keys().cloned().collect();
+    for lease in queued {
+        let body = EventBody::LeaseEnded {
+            lease,
+            end: LeaseEnd::Cancelled,
+            reason: Some(RevokeReason::AccountBanned),
+        };
+        emitter.emit(now, body);
+    }
     let forfeited = emitter
         .state
         .buckets
@@ -567,6 +577,34 @@ pub fn admit(
     now: Timestamp,
 ) -> Result<LeaseTerms, Refusal> {
     let terms = check_lease_shape(context, request)?;
+    check_admission(state, context, &terms, state.units_queued(), now)?;
+    Ok(terms)
+}
+
+/// M4: a queued lease is checked again (M3) when cards free up for it; its own units are
+/// already among the queued ones.
+pub fn admit_queued(
+    state: &AccountState,
+    context: &Context,
+    lease: &str,
+    now: Timestamp,
+) -> Result<LeaseTerms, Refusal> {
+    let Some(queued) = state.queued_leases.get(lease) else {
+        return Err(lease_refusal(state, lease));
+    };
+    let other_queued = state.units_queued().saturating_sub(queued.terms.units);
+    check_admission(state, context, &queued.terms, other_queued, now)?;
+    Ok(queued.terms.clone())
+}
+
+/// The account checks of M3, after the shape checks.
+fn check_admission(
+    state: &AccountState,
+    context: &Context,
+    terms: &LeaseTerms,
+    queued_units: u32,
+    now: Timestamp,
+) -> Result<(), Refusal> {
     require_open(state)?;
     require_not_banned(state)?;
     if state.period.is_none() {
@@ -600,45 +638,99 @@ pub fn admit(
     if !live.is_positive() || live < minute {
         return Err(Refusal::new(
             ErrorCode::InsufficientCredit,
-            format!("balance {live} DCU lasts less than {MIN_CREDIT_SECONDS} s of this job ({minute} DCU)"),
+            format!(
+                "balance {live} DCU lasts less than {MIN_CREDIT_SECONDS} s of this job ({minute} DCU)"
+            ),
         ));
     }
-    let in_use = state.units_in_use();
+    let in_use = state.units_in_use() + queued_units;
     if in_use + terms.units > state.parallelism_cap() {
         return Err(Refusal::new(
             ErrorCode::ParallelismExceeded,
             format!(
-                "{} units in use + {} requested exceed the cap of {}",
+                "{} units granted or queued + {} requested exceed the cap of {}",
                 in_use,
                 terms.units,
                 state.parallelism_cap()
             ),
         ));
     }
-    Ok(terms)
+    Ok(())
 }
 
-/// M3, M10: a new lease is granted (cards always free here; the pool is the scheduler's).
+/// M3, M10: without a pool, every admitted lease finds its cards.
 fn request_lease(
     state: &AccountState,
     context: &Context,
     request: &LeaseRequest,
     now: Timestamp,
 ) -> Result<Vec<Event>, Refusal> {
-    if state.running.contains_key(&request.lease) || state.ended.contains_key(&request.lease) {
+    place_lease(state, context, request, Some(Vec::new()), now)
+}
+
+/// M3, M4, M10: an admitted lease is granted on `placement`, or queued when the pool had no
+/// cards for it (`None`). The pool is the scheduler's; this only records its answer.
+pub fn place_lease(
+    state: &AccountState,
+    context: &Context,
+    request: &LeaseRequest,
+    placement: Option<Vec<Placement>>,
+    now: Timestamp,
+) -> Result<Vec<Event>, Refusal> {
+    if state.knows_lease(&request.lease) {
         return Ok(Vec::new());
     }
     let terms = admit(state, context, request, now)?;
-    let body = EventBody::LeaseGranted {
-        lease: request.lease.clone(),
-        terms,
-        placement: Vec::new(),
+    let lease = request.lease.clone();
+    let body = match placement {
+        Some(placement) => EventBody::LeaseGranted {
+            lease,
+            terms,
+            placement,
+        },
+        None => EventBody::LeaseQueued { lease, terms },
     };
     Ok(vec![event(now, body)])
 }
 
+/// M4: the outcome for a queued lease whose turn came: granted on `placement` if it still
+/// passes admission, else cancelled with the code it fails as its reason.
+pub fn grant_queued(
+    state: &AccountState,
+    context: &Context,
+    lease: &str,
+    placement: Vec<Placement>,
+    now: Timestamp,
+) -> Event {
+    let body = match admit_queued(state, context, lease, now) {
+        Ok(terms) => EventBody::LeaseGranted {
+            lease: lease.into(),
+            terms,
+            placement,
+        },
+        Err(refusal) => EventBody::LeaseEnded {
+            lease: lease.into(),
+            end: LeaseEnd::Cancelled,
+            reason: cancel_reason(refusal.code),
+        },
+    };
+    event(now, body)
+}
+
+/// The reason a queued lease is cancelled with, from the admission code it failed.
+fn cancel_reason(code: ErrorCode) -> Option<RevokeReason> {
+    match code {
+        ErrorCode::AccountBanned => Some(RevokeReason::AccountBanned),
+        ErrorCode::NoCurrentPeriod => Some(RevokeReason::NoCurrentPeriod),
+        ErrorCode::StorageOverAllowance => Some(RevokeReason::StorageOverAllowance),
+        ErrorCode::InsufficientCredit => Some(RevokeReason::InsufficientCredit),
+        ErrorCode::ParallelismExceeded => Some(RevokeReason::ParallelismExceeded),
+        _ => None,
+    }
+}
+
 fn lease_refusal(state: &AccountState, lease: &str) -> Refusal {
-    if state.ended.contains_key(lease) {
+    if state.knows_lease(lease) {
         Refusal::new(
             ErrorCode::LeaseNotActive,
             format!("lease {lease:?} is not running"),
@@ -660,6 +752,15 @@ fn heartbeat(state: &AccountState, lease: &str, now: Timestamp) -> Result<Vec<Ev
 fn release(state: &AccountState, lease: &str, now: Timestamp) -> Result<Vec<Event>, Refusal> {
     if state.ended.contains_key(lease) {
         return Ok(Vec::new());
+    }
+    if state.queued_leases.contains_key(lease) {
+        // M4: releasing a queued lease cancels it.
+        let body = EventBody::LeaseEnded {
+            lease: lease.into(),
+            end: LeaseEnd::Cancelled,
+            reason: None,
+        };
+        return Ok(vec![event(now, body)]);
     }
     if !state.running.contains_key(lease) {
         return Err(lease_refusal(state, lease));

@@ -91,6 +91,12 @@ pub enum RevokeReason {
     CreditExhausted,
     PlanExpired,
     AccountBanned,
+    /// M4: a queued lease that no longer passes admission when cards free up is cancelled
+    /// with the code it fails.
+    NoCurrentPeriod,
+    StorageOverAllowance,
+    InsufficientCredit,
+    ParallelismExceeded,
 }
 
 /// The card placement of one worker (M4): which node, how many cards.
@@ -205,7 +211,9 @@ pub enum EventBody {
         started_at: Timestamp,
         charge: Charge,
     },
-    /// M3: a lease holds cards from now on.
+    /// M4: a lease passed admission but found no free cards; it waits in its model's queue.
+    LeaseQueued { lease: String, terms: LeaseTerms },
+    /// M3, M4: a lease holds cards from now on (at once, or when its turn in the queue came).
     LeaseGranted {
         lease: String,
         terms: LeaseTerms,
@@ -244,6 +252,7 @@ impl EventBody {
             EventBody::StorageReclaimed { .. } => "StorageReclaimed",
             EventBody::Banned { .. } => "Banned",
             EventBody::UsageRecorded { .. } => "UsageRecorded",
+            EventBody::LeaseQueued { .. } => "LeaseQueued",
             EventBody::LeaseGranted { .. } => "LeaseGranted",
             EventBody::LeaseMetered { .. } => "LeaseMetered",
             EventBody::LeaseEnded { .. } => "LeaseEnded",

@@ -3,7 +3,7 @@
 use ledger::account::{AccountState, BucketState};
 use ledger::clock::Timestamp;
 use ledger::due;
-use ledger::event::{LeaseEnd, PurchaseEffect, RevokeReason};
+use ledger::event::{LeaseEnd, Placement, PurchaseEffect, RevokeReason};
 use ledger::Dcu;
 use serde::Serialize;
 
@@ -38,6 +38,8 @@ pub struct QuotaView {
     pub period_ends_at: Option<Timestamp>,
     pub parallelism_cap: u32,
     pub units_in_use: u32,
+    /// M3: units of queued leases, which count against the cap too.
+    pub units_queued: u32,
     pub storage_allowance_gb: u64,
     pub storage_used_gb: u64,
     pub storage_reclaimed: bool,
@@ -61,6 +63,9 @@ pub struct LeaseView {
     pub state: LeaseState,
     pub reason: Option<RevokeReason>,
     pub charged: Dcu,
+    /// M4: where a granted lease's cards are (empty without a pool, or once it ended).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<Placement>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -115,6 +120,7 @@ pub fn quota(state: &AccountState, as_of: Timestamp) -> QuotaView {
         period_ends_at: live.period.as_ref().map(|period| period.ends_at),
         parallelism_cap: live.parallelism_cap(),
         units_in_use: live.units_in_use(),
+        units_queued: live.units_queued(),
         storage_allowance_gb: live.storage_allowance_gb(),
         storage_used_gb: live.storage_used_gb,
         storage_reclaimed: live.storage_reclaimed,
@@ -136,6 +142,17 @@ pub fn lease_of_live(live: &AccountState, lease: &str) -> Option<LeaseView> {
             state: LeaseState::Granted,
             reason: None,
             charged: running.charged,
+            placement: running.placement.clone(),
+        });
+    }
+    if live.queued_leases.contains_key(lease) {
+        return Some(LeaseView {
+            lease: lease.into(),
+            account: live.id.clone(),
+            state: LeaseState::Queued,
+            reason: None,
+            charged: Dcu::ZERO,
+            placement: Vec::new(),
         });
     }
     let ended = live.ended.get(lease)?;
@@ -151,6 +168,7 @@ pub fn lease_of_live(live: &AccountState, lease: &str) -> Option<LeaseView> {
         state,
         reason: ended.reason,
         charged: ended.charged,
+        placement: Vec::new(),
     })
 }
 

@@ -1,20 +1,27 @@
-//! The engine (ARCHITECTURE "How a command flows").
+//! The engine (ARCHITECTURE "How a command flows"): the one owner of every account's state,
+//! the GPU pool, the FIFO queues and the deadlines of time-driven events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use ledger::account::AccountState;
 use ledger::clock::Timestamp;
 use ledger::decide::{self, Command, Context, ErrorCode, Refusal};
 use ledger::due;
-use ledger::event::{Event, EventBody, EVENT_VERSION};
+use ledger::event::{Event, EventBody, Placement, EVENT_VERSION};
 use ledger::log::{EventLog, ExpectedRevision, LogError, NewEvent, RecordedEvent, MAX_READ_COUNT};
 use projections::views::{self, BalanceView, LeaseView, OrderView, QuotaView};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::pool::{ModelUse, Pool};
+
 /// How often a conflicting append is retried after reloading the stream. Only a second
 /// writer causes conflicts; a few retries absorb a race, more would hide a bug.
 const MAX_APPEND_ATTEMPTS: usize = 3;
+
+/// Most deadlines one `tick` handles before it returns; the caller ticks again. Keeps one
+/// call from holding the engine for long after a long downtime.
+const MAX_DEADLINES_PER_TICK: usize = 1_000_000;
 
 const STREAM_PREFIX: &str = "account-";
 
@@ -56,6 +63,20 @@ pub enum Outcome {
     },
 }
 
+/// The pool's capacity, use and queues (`GET /v1/pool`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolView {
+    pub models: Vec<ModelQueue>,
+    pub nodes: Vec<crate::pool::Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelQueue {
+    #[serde(flatten)]
+    pub cards: ModelUse,
+    pub queued: usize,
+}
+
 struct Slot {
     state: AccountState,
     /// The stream's last revision; `None` while it has no events.
@@ -71,6 +92,15 @@ pub struct Engine<L: EventLog> {
     lease_owner: HashMap<String, String>,
     order_owner: HashMap<String, String>,
     record_owner: HashMap<String, String>,
+    /// M4: `None` runs without a pool (every admitted lease finds cards).
+    pool: Option<Pool>,
+    /// M4: per model, queued leases in arrival order: (lease, account).
+    queues: BTreeMap<String, VecDeque<(String, String)>>,
+    /// §9: the next instant something is due, per account, ordered for the timer.
+    deadlines: BTreeSet<(Timestamp, String)>,
+    deadline_of: HashMap<String, Timestamp>,
+    /// Set when cards came back; the queues are then tried.
+    cards_freed: bool,
     clock: Timestamp,
     events_appended: u64,
 }
@@ -98,8 +128,19 @@ fn encode(event: &Event) -> NewEvent {
 }
 
 impl<L: EventLog> Engine<L> {
-    /// Opens the engine over a log, folding every stream from the start (I3).
+    /// Opens the engine without a pool: every admitted lease finds cards.
     pub async fn open(log: L, context: Context) -> Result<Engine<L>, EngineError> {
+        Engine::open_with_pool(log, context, None).await
+    }
+
+    /// Opens the engine over a log, folding every stream from the start (I3), then puts
+    /// the running leases back on their cards and the queued ones back in their queues, in
+    /// the order they were queued.
+    pub async fn open_with_pool(
+        log: L,
+        context: Context,
+        pool: Option<Pool>,
+    ) -> Result<Engine<L>, EngineError> {
         let mut engine = Engine {
             log,
             context,
@@ -107,9 +148,15 @@ impl<L: EventLog> Engine<L> {
             lease_owner: HashMap::new(),
             order_owner: HashMap::new(),
             record_owner: HashMap::new(),
+            pool,
+            queues: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            deadline_of: HashMap::new(),
+            cards_freed: false,
             clock: Timestamp::default(),
             events_appended: 0,
         };
+        let mut queued_order: Vec<(String, String, String)> = Vec::new();
         let mut after = 0;
         loop {
             let page = engine.log.read_all(after, MAX_READ_COUNT).await?;
@@ -121,25 +168,49 @@ impl<L: EventLog> Engine<L> {
                 };
                 let event = decode(recorded)?;
                 engine.clock = engine.clock.max(event.at);
-                let slot = engine
-                    .accounts
-                    .entry(account.to_string())
-                    .or_insert_with(|| Slot {
-                        state: AccountState::new(account),
-                        revision: None,
-                    });
+                if let EventBody::LeaseQueued { lease, terms } = &event.body {
+                    queued_order.push((terms.model.clone(), lease.clone(), account.into()));
+                }
+                let slot = engine.slot_mut(account);
                 slot.state.evolve(&event);
                 slot.revision = Some(recorded.revision);
-                index(
-                    &mut engine.lease_owner,
-                    &mut engine.order_owner,
-                    &mut engine.record_owner,
-                    account,
-                    &event,
-                );
+                engine.index(account, &event);
             }
         }
+        for (model, lease, account) in queued_order {
+            let still_queued = engine
+                .state(&account)
+                .is_some_and(|state| state.queued_leases.contains_key(&lease));
+            if still_queued {
+                engine
+                    .queues
+                    .entry(model)
+                    .or_default()
+                    .push_back((lease, account));
+            }
+        }
+        let accounts: Vec<String> = engine.accounts.keys().cloned().collect();
+        for account in accounts {
+            if let (Some(pool), Some(state)) = (engine.pool.as_mut(), engine.accounts.get(&account))
+            {
+                for running in state.state.running.values() {
+                    pool.take(&running.placement);
+                }
+            }
+            engine.reschedule(&account);
+        }
+        // Cards may have come back just before a stop, before the queue was served.
+        engine.cards_freed = !engine.queues.is_empty();
         Ok(engine)
+    }
+
+    fn slot_mut(&mut self, account: &str) -> &mut Slot {
+        self.accounts
+            .entry(account.to_string())
+            .or_insert_with(|| Slot {
+                state: AccountState::new(account),
+                revision: None,
+            })
     }
 
     pub fn context(&self) -> &Context {
@@ -167,6 +238,40 @@ impl<L: EventLog> Engine<L> {
         self.accounts.get(account).map(|slot| &slot.state)
     }
 
+    pub fn pool(&self) -> Option<&Pool> {
+        self.pool.as_ref()
+    }
+
+    /// The earliest instant at which something is due for some account.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.deadlines.first().map(|(instant, _)| *instant)
+    }
+
+    /// Capacity, use and queue lengths per model, and every node.
+    pub fn pool_view(&self) -> Option<PoolView> {
+        let pool = self.pool.as_ref()?;
+        let models = pool
+            .use_by_model()
+            .into_iter()
+            .map(|cards| ModelQueue {
+                queued: self.queues.get(&cards.model).map_or(0, VecDeque::len),
+                cards,
+            })
+            .collect();
+        Some(PoolView {
+            models,
+            nodes: pool.nodes().to_vec(),
+        })
+    }
+
+    /// The queued leases of a model, first in line first.
+    pub fn queue(&self, model: &str) -> Vec<(String, String)> {
+        self.queues
+            .get(model)
+            .map(|queue| queue.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn check_time(&self, now: Timestamp) -> Result<(), Refusal> {
         if now < self.clock {
             return Err(Refusal::new(
@@ -175,6 +280,125 @@ impl<L: EventLog> Engine<L> {
             ));
         }
         Ok(())
+    }
+
+    /// §9 across accounts: appends every account's due events up to `now`, earliest instant
+    /// first, granting queued leases (M4) as cards come back. Returns how many deadlines it
+    /// handled; the timer of `dcu serve` and every command call it.
+    pub async fn tick(&mut self, now: Timestamp) -> Result<usize, EngineError> {
+        self.check_time(now)?;
+        let mut handled = 0;
+        while handled < MAX_DEADLINES_PER_TICK {
+            let Some((instant, account)) = self.deadlines.first().cloned() else {
+                break;
+            };
+            if instant > now {
+                break;
+            }
+            handled += 1;
+            self.clock = self.clock.max(instant);
+            self.run_due(&account, instant).await?;
+            self.grant_waiting(instant).await?;
+        }
+        self.clock = self.clock.max(now);
+        self.grant_waiting(now).await?;
+        Ok(handled)
+    }
+
+    /// Appends an account's due events up to `now` (nothing if none are due).
+    async fn run_due(&mut self, account: &str, now: Timestamp) -> Result<(), EngineError> {
+        let Some(slot) = self.accounts.get(account) else {
+            return Ok(());
+        };
+        let events = due::due(&slot.state, now);
+        if events.is_empty() {
+            // Nothing was due after all: forget the deadline until the state changes.
+            self.forget_deadline(account);
+            return Ok(());
+        }
+        let mut next = slot.state.clone();
+        for event in &events {
+            next.evolve(event);
+        }
+        let revision = slot.revision;
+        self.append(account, revision, &events, next).await
+    }
+
+    /// M4: grants queued leases, first in line first per model, while cards allow. A lease
+    /// whose turn came but that no longer passes admission is cancelled with that code.
+    async fn grant_waiting(&mut self, now: Timestamp) -> Result<(), EngineError> {
+        while std::mem::take(&mut self.cards_freed) {
+            let models: Vec<String> = self.queues.keys().cloned().collect();
+            for model in models {
+                self.grant_model(&model, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn grant_model(&mut self, model: &str, now: Timestamp) -> Result<(), EngineError> {
+        loop {
+            let Some((lease, account)) = self.queues.get(model).and_then(|q| q.front()).cloned()
+            else {
+                return Ok(());
+            };
+            self.run_due(&account, now).await?;
+            let Some(slot) = self.accounts.get(&account) else {
+                self.drop_from_queue(model, &lease);
+                continue;
+            };
+            if !slot.state.queued_leases.contains_key(&lease) {
+                self.drop_from_queue(model, &lease);
+                continue;
+            }
+            let placement = match decide::admit_queued(&slot.state, &self.context, &lease, now) {
+                Ok(terms) => {
+                    match self.place(&terms.model, terms.cards_per_worker, terms.workers) {
+                        Some(placement) => placement,
+                        None => return Ok(()),
+                    }
+                }
+                Err(_) => Vec::new(),
+            };
+            let event = decide::grant_queued(&slot.state, &self.context, &lease, placement, now);
+            let mut next = slot.state.clone();
+            next.evolve(&event);
+            let revision = slot.revision;
+            self.append(&account, revision, std::slice::from_ref(&event), next)
+                .await?;
+        }
+    }
+
+    fn place(&self, model: &str, cards_per_worker: u32, workers: u32) -> Option<Vec<Placement>> {
+        match &self.pool {
+            Some(pool) => pool.place(model, cards_per_worker, workers),
+            None => Some(Vec::new()),
+        }
+    }
+
+    fn drop_from_queue(&mut self, model: &str, lease: &str) {
+        if let Some(queue) = self.queues.get_mut(model) {
+            queue.retain(|(queued, _)| queued != lease);
+            if queue.is_empty() {
+                self.queues.remove(model);
+            }
+        }
+    }
+
+    fn forget_deadline(&mut self, account: &str) {
+        if let Some(instant) = self.deadline_of.remove(account) {
+            self.deadlines.remove(&(instant, account.to_string()));
+        }
+    }
+
+    /// Moves an account's deadline to its state's next due instant.
+    fn reschedule(&mut self, account: &str) {
+        self.forget_deadline(account);
+        let next = self.state(account).and_then(due::next_due_at);
+        if let Some(instant) = next {
+            self.deadlines.insert((instant, account.to_string()));
+            self.deadline_of.insert(account.to_string(), instant);
+        }
     }
 
     /// The account a command is for, after the cross-account id checks.
@@ -201,38 +425,31 @@ impl<L: EventLog> Engine<L> {
             Command::RecordUsage { record, .. } if foreign(&self.record_owner, record) => Err(
                 Refusal::invalid(format!("record {record:?} belongs to another account")),
             ),
+            // A lease id of another account is refused like a foreign order id: answering
+            // would show one account's lease to another.
+            Command::RequestLease(request) if foreign(&self.lease_owner, &request.lease) => {
+                Err(Refusal::invalid(format!(
+                    "lease {:?} belongs to another account",
+                    request.lease
+                )))
+            }
             _ => Ok(account),
         }
     }
 
-    /// Carries out a command at `now`: due events first, then the command's, in one append.
+    /// Carries out a command at `now`: everything due up to `now` first (all accounts, in
+    /// time order), then the command's events, appended with its account's due events.
     pub async fn execute(
         &mut self,
         target: Target,
         command: Command,
         now: Timestamp,
     ) -> Result<Outcome, EngineError> {
-        self.check_time(now)?;
-        if let Command::RequestLease(request) = &command {
-            // M10: an existing lease id answers that lease's state.
-            // A lease id of another account is refused like a foreign order id: answering
-            // would show one account's lease to another.
-            if let Some(owner) = self.lease_owner.get(&request.lease) {
-                if target != Target::Account(owner.clone()) {
-                    return Err(Refusal::invalid(format!(
-                        "lease {:?} belongs to another account",
-                        request.lease
-                    ))
-                    .into());
-                }
-                return self.lease_outcome(owner, &request.lease, now);
-            }
-        }
+        self.tick(now).await?;
         let account = self.route(&target, &command)?;
         decide::check_id("account", &account)?;
-        self.clock = now;
         let mut attempts = 0;
-        loop {
+        let result = loop {
             attempts += 1;
             match self.try_execute(&account, &command, now).await {
                 Err(EngineError::Log(LogError::Conflict { .. }))
@@ -240,9 +457,11 @@ impl<L: EventLog> Engine<L> {
                 {
                     self.reload(&account).await?;
                 }
-                result => return result,
+                result => break result,
             }
-        }
+        };
+        self.grant_waiting(now).await?;
+        result
     }
 
     async fn try_execute(
@@ -262,7 +481,12 @@ impl<L: EventLog> Engine<L> {
         for event in &events {
             next.evolve(event);
         }
-        let decided = decide::decide(&next, &self.context, command, now);
+        let decided = match command {
+            Command::RequestLease(request) if self.pool.is_some() => {
+                self.decide_placement(&next, request, now)
+            }
+            _ => decide::decide(&next, &self.context, command, now),
+        };
         if let Ok(decided) = &decided {
             for event in decided {
                 next.evolve(event);
@@ -276,6 +500,29 @@ impl<L: EventLog> Engine<L> {
         self.outcome(account, command, now)
     }
 
+    /// M3 then M4: an admitted request is granted if its model's queue is empty and the
+    /// pool has the cards, else it joins the queue (strict FIFO: never ahead of it).
+    fn decide_placement(
+        &self,
+        state: &AccountState,
+        request: &decide::LeaseRequest,
+        now: Timestamp,
+    ) -> Result<Vec<Event>, Refusal> {
+        if state.knows_lease(&request.lease) {
+            return Ok(Vec::new());
+        }
+        let terms = decide::admit(state, &self.context, request, now)?;
+        let queue_empty = self.queues.get(&terms.model).is_none_or(VecDeque::is_empty);
+        let placement = if queue_empty {
+            self.place(&terms.model, terms.cards_per_worker, terms.workers)
+        } else {
+            None
+        };
+        decide::place_lease(state, &self.context, request, placement, now)
+    }
+
+    /// Appends an account's events with its revision as the expected one; on success the
+    /// state, the indexes, the pool, the queues and the deadline follow.
     async fn append(
         &mut self,
         account: &str,
@@ -289,52 +536,84 @@ impl<L: EventLog> Engine<L> {
             .log
             .append(&stream_of(account), expected, records)
             .await?;
-        for event in events {
-            index(
-                &mut self.lease_owner,
-                &mut self.order_owner,
-                &mut self.record_owner,
-                account,
-                event,
-            );
-        }
-        self.events_appended += events.len() as u64;
-        self.accounts.insert(
+        let previous = self.accounts.insert(
             account.to_string(),
             Slot {
                 state: next,
                 revision: Some(outcome.last_revision),
             },
         );
+        for event in events {
+            self.index(account, event);
+            self.follow_pool(account, previous.as_ref().map(|slot| &slot.state), event);
+        }
+        self.events_appended += events.len() as u64;
+        self.reschedule(account);
         Ok(())
+    }
+
+    /// Keeps the pool and the queues in step with the lease events just appended.
+    fn follow_pool(&mut self, account: &str, previous: Option<&AccountState>, event: &Event) {
+        match &event.body {
+            EventBody::LeaseQueued { lease, terms } => {
+                let queue = self.queues.entry(terms.model.clone()).or_default();
+                queue.push_back((lease.clone(), account.to_string()));
+            }
+            EventBody::LeaseGranted {
+                lease,
+                terms,
+                placement,
+            } => {
+                if let Some(pool) = self.pool.as_mut() {
+                    pool.take(placement);
+                }
+                self.drop_from_queue(&terms.model, lease);
+            }
+            EventBody::LeaseEnded { lease, .. } => {
+                let ended_model = self
+                    .state(account)
+                    .and_then(|state| state.ended.get(lease))
+                    .map(|ended| ended.model.clone());
+                let placement = previous
+                    .and_then(|state| state.running.get(lease))
+                    .map(|running| running.placement.clone());
+                match placement {
+                    Some(placement) => {
+                        if let Some(pool) = self.pool.as_mut() {
+                            pool.give_back(&placement);
+                        }
+                        self.cards_freed = true;
+                    }
+                    None => {
+                        if let Some(model) = ended_model {
+                            self.drop_from_queue(&model, lease);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Folds what another writer appended since our last read.
     async fn reload(&mut self, account: &str) -> Result<(), EngineError> {
-        let slot = self
+        let from = self
             .accounts
-            .entry(account.to_string())
-            .or_insert_with(|| Slot {
-                state: AccountState::new(account),
-                revision: None,
-            });
-        let from = slot.revision.map_or(0, |revision| revision + 1);
+            .get(account)
+            .and_then(|slot| slot.revision)
+            .map_or(0, |revision| revision + 1);
         let page = self
             .log
             .read_stream(&stream_of(account), from, MAX_READ_COUNT)
             .await?;
         for recorded in &page {
             let event = decode(recorded)?;
+            let slot = self.slot_mut(account);
             slot.state.evolve(&event);
             slot.revision = Some(recorded.revision);
-            index(
-                &mut self.lease_owner,
-                &mut self.order_owner,
-                &mut self.record_owner,
-                account,
-                &event,
-            );
+            self.index(account, &event);
         }
+        self.reschedule(account);
         Ok(())
     }
 
@@ -418,6 +697,21 @@ impl<L: EventLog> Engine<L> {
             .filter(|state| state.opened)
             .ok_or_else(|| unknown_account(account))
     }
+
+    fn index(&mut self, account: &str, event: &Event) {
+        let (map, id) = match &event.body {
+            EventBody::LeaseGranted { lease, .. } | EventBody::LeaseQueued { lease, .. } => {
+                (&mut self.lease_owner, lease)
+            }
+            EventBody::PlanStarted { order, .. }
+            | EventBody::PlanUpgraded { order, .. }
+            | EventBody::PlanQueued { order, .. }
+            | EventBody::ExtensionGranted { order, .. } => (&mut self.order_owner, order),
+            EventBody::UsageRecorded { record, .. } => (&mut self.record_owner, record),
+            _ => return,
+        };
+        map.insert(id.clone(), account.to_string());
+    }
 }
 
 fn unknown_account(account: &str) -> Refusal {
@@ -425,23 +719,4 @@ fn unknown_account(account: &str) -> Refusal {
         ErrorCode::UnknownAccount,
         format!("account {account:?} is not open"),
     )
-}
-
-fn index(
-    leases: &mut HashMap<String, String>,
-    orders: &mut HashMap<String, String>,
-    records: &mut HashMap<String, String>,
-    account: &str,
-    event: &Event,
-) {
-    let (map, id) = match &event.body {
-        EventBody::LeaseGranted { lease, .. } => (leases, lease),
-        EventBody::PlanStarted { order, .. }
-        | EventBody::PlanUpgraded { order, .. }
-        | EventBody::PlanQueued { order, .. }
-        | EventBody::ExtensionGranted { order, .. } => (orders, order),
-        EventBody::UsageRecorded { record, .. } => (records, record),
-        _ => return,
-    };
-    map.insert(id.clone(), account.to_string());
 }

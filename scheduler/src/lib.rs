@@ -1,13 +1,15 @@
-//! The engine: the one owner of all account states, which turns commands into appended
-//! events.
+//! The engine and the GPU pool.
 //!
-//! - `engine`: routes a command to its account (lease commands by the lease's account),
-//!   folds the due events, runs `decide`, and appends both in one append with the stream's
-//!   revision as the expected revision. Answers queries from memory at any `as_of`.
-//!
-//! The GPU pool, FIFO queues and timers (M4) grow here.
+//! - `engine`: the one owner of all account states, the pool, the FIFO queues and the
+//!   deadlines. Routes a command to its account (lease commands by the lease's account),
+//!   folds everything due up to `now` across accounts in time order, runs `decide`, and
+//!   appends with the stream's revision as the expected revision. Answers queries from
+//!   memory at any `as_of`.
+//! - `pool`: nodes and cards, first-fit placement (M4).
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod pool;
 
-pub use engine::{Engine, EngineError, Outcome, Target};
+pub use engine::{Engine, EngineError, Outcome, PoolView, Target};
+pub use pool::{NodeSpec, Pool};
