@@ -113,6 +113,10 @@ fn one() -> u32 {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct NoArgs {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LeaseIdArgs {
     lease: String,
 }
@@ -123,6 +127,8 @@ enum Step {
     Balance(String),
     Quota(String),
     LeaseStatus(String),
+    /// Not in SPEC §11: stops and reopens the engine on the same log, to show recovery.
+    Restart,
 }
 
 fn args<T: serde::de::DeserializeOwned>(cmd: &str, rest: Map<String, Value>) -> Result<T, String> {
@@ -191,6 +197,10 @@ fn parse_step(cmd: &str, rest: Map<String, Value>) -> Result<Step, String> {
         "balance" => Step::Balance(args::<AccountArgs>(cmd, rest)?.account),
         "quota" => Step::Quota(args::<AccountArgs>(cmd, rest)?.account),
         "lease_status" => Step::LeaseStatus(args::<LeaseIdArgs>(cmd, rest)?.lease),
+        "restart" => {
+            args::<NoArgs>(cmd, rest)?;
+            Step::Restart
+        }
         other => return Err(format!("unknown cmd {other:?}")),
     })
 }
@@ -280,6 +290,8 @@ pub async fn run<R: BufRead, W: Write>(
         engine: None,
         log: Some(log),
         last_at: None,
+        data_dir: data_dir.to_path_buf(),
+        config: ScenarioConfig::default(),
     };
     let mut bytes = Vec::new();
     let mut line = 0;
@@ -326,6 +338,8 @@ struct Runner {
     engine: Option<Engine<SqliteLog>>,
     log: Option<SqliteLog>,
     last_at: Option<Timestamp>,
+    data_dir: std::path::PathBuf,
+    config: ScenarioConfig,
 }
 
 fn error_line(line: usize, at: Option<Timestamp>, refusal: &Refusal) -> Value {
@@ -335,6 +349,7 @@ fn error_line(line: usize, at: Option<Timestamp>, refusal: &Refusal) -> Value {
 impl Runner {
     async fn engine(&mut self, config: ScenarioConfig) -> anyhow::Result<&mut Engine<SqliteLog>> {
         if self.engine.is_none() {
+            self.config = config.clone();
             let log = self
                 .log
                 .take()
@@ -398,7 +413,26 @@ impl Runner {
         }
     }
 
+    /// Stops the engine as a crash or a deploy would (the log closed, every in-memory state
+    /// dropped) and opens a new one on the same data directory: everything is rebuilt from
+    /// the log.
+    async fn restart(&mut self) -> anyhow::Result<Value> {
+        if let Some(engine) = self.engine.take() {
+            engine.log().close().await?;
+        }
+        self.log = Some(SqliteLog::open(&self.data_dir)?);
+        let config = self.config.clone();
+        let engine = self.engine(config).await?;
+        Ok(json!({ "restarted": true, "clock": engine.clock() }))
+    }
+
     async fn step(&mut self, step: Step, at: Timestamp) -> Result<Value, Refusal> {
+        if let Step::Restart = step {
+            return self
+                .restart()
+                .await
+                .map_err(|error| storage_refusal(&error.to_string()));
+        }
         let engine = self
             .engine(ScenarioConfig::default())
             .await
@@ -420,6 +454,7 @@ impl Runner {
             Step::Balance(account) => serde_json::to_value(engine.balance(&account, at)?),
             Step::Quota(account) => serde_json::to_value(engine.quota(&account, at)?),
             Step::LeaseStatus(lease) => serde_json::to_value(engine.lease_status(&lease, at)?),
+            Step::Restart => return Err(storage_refusal("restart handled above")),
         };
         value.map_err(|error| storage_refusal(&error.to_string()))
     }
