@@ -460,7 +460,9 @@ impl<L: EventLog> Engine<L> {
                 result => break result,
             }
         };
-        self.grant_waiting(now).await?;
+        // What the command itself made due at `now` (its charge exhausting the credit, say)
+        // is appended at once, not at the next command.
+        self.tick(now).await?;
         result
     }
 

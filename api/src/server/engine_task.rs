@@ -1,16 +1,24 @@
 //! The engine task: the one owner of `Engine<SqliteLog>` (ARCHITECTURE "The runtime shape
 //! we suggest"). Handlers send it a request through a bounded channel and wait on a oneshot
 //! for the answer; the task serves them one at a time, so no lock guards domain state.
+//!
+//! Reads of an account's state (account, balance, quota) skip the queue: after each command
+//! the task publishes the account's state in a [`Snapshot`] (an `Arc` swapped under a short
+//! lock) before it answers, and handlers fold their view from it. A read therefore sees every
+//! write acknowledged before it, exactly as when it queued behind them; queries never change
+//! the engine's state, so folding outside the task gives the same answer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
+use ledger::account::AccountState;
 use ledger::clock::Timestamp;
-use ledger::decide::{Command, Refusal};
+use ledger::decide::{Command, ErrorCode, Refusal};
 use ledger::event::Event;
 use ledger::log::sqlite::SqliteLog;
 use ledger::log::{EventLog, LogError, RecordedEvent};
-use projections::views::{BalanceView, QuotaView};
+use projections::views::{self, BalanceView, QuotaView};
 use scheduler::{Engine, EngineError, Outcome, Target};
 use tokio::sync::{mpsc, oneshot};
 
@@ -59,20 +67,6 @@ pub enum Request {
         command: Command,
         reply: oneshot::Sender<Result<Outcome, EngineError>>,
     },
-    Balance {
-        account: String,
-        as_of: Option<Timestamp>,
-        reply: oneshot::Sender<Result<BalanceView, Refusal>>,
-    },
-    Quota {
-        account: String,
-        as_of: Option<Timestamp>,
-        reply: oneshot::Sender<Result<QuotaView, Refusal>>,
-    },
-    Account {
-        account: String,
-        reply: oneshot::Sender<Option<AccountSummary>>,
-    },
     Events {
         account: String,
         /// Revisions strictly after this one; `None`: from the start.
@@ -82,13 +76,97 @@ pub enum Request {
     },
 }
 
-/// The handlers' side of the channel.
+/// Every account's state as of the last command the engine task finished, and the engine's
+/// clock then. Written only by the engine task, before it answers the command.
+#[derive(Default)]
+pub struct Snapshot {
+    accounts: RwLock<HashMap<String, Arc<AccountState>>>,
+    clock: AtomicI64,
+}
+
+impl Snapshot {
+    fn publish(&self, engine: &Engine<SqliteLog>, account: Option<&str>) {
+        let mut accounts = self
+            .accounts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match account {
+            Some(account) => {
+                if let Some(state) = engine.state(account) {
+                    accounts.insert(account.to_string(), Arc::new(state.clone()));
+                }
+            }
+            None => {
+                for id in engine.account_ids() {
+                    if let Some(state) = engine.state(id) {
+                        accounts.insert(id.clone(), Arc::new(state.clone()));
+                    }
+                }
+            }
+        }
+        drop(accounts);
+        self.clock.store(engine.clock().0, Ordering::Release);
+    }
+
+    /// An open account's state.
+    fn opened(&self, account: &str) -> Result<Arc<AccountState>, Refusal> {
+        self.accounts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(account)
+            .filter(|state| state.opened)
+            .cloned()
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownAccount,
+                    format!("account {account:?} is not open"),
+                )
+            })
+    }
+
+    fn clock(&self) -> Timestamp {
+        Timestamp(self.clock.load(Ordering::Acquire))
+    }
+}
+
+/// The handlers' side: the channel for commands and log reads, the snapshot for state reads.
 #[derive(Clone)]
 pub struct EngineHandle {
     sender: mpsc::Sender<Request>,
+    snapshot: Arc<Snapshot>,
+    clock: Clock,
 }
 
 impl EngineHandle {
+    /// `now` as the engine task would take it: never before the engine's clock.
+    fn now(&self) -> Timestamp {
+        (self.clock)().max(self.snapshot.clock())
+    }
+
+    /// D3, D4: the balance at `as_of` (default: now), folded from the snapshot.
+    pub fn balance(&self, account: &str, as_of: Option<Timestamp>) -> Result<BalanceView, Refusal> {
+        let state = self.snapshot.opened(account)?;
+        let as_of = as_of.unwrap_or_else(|| self.now());
+        Ok(views::balance(&state, as_of.max(state.clock)))
+    }
+
+    /// S1: the quota at `as_of` (default: now), folded from the snapshot.
+    pub fn quota(&self, account: &str, as_of: Option<Timestamp>) -> Result<QuotaView, Refusal> {
+        let state = self.snapshot.opened(account)?;
+        let as_of = as_of.unwrap_or_else(|| self.now());
+        Ok(views::quota(&state, as_of.max(state.clock)))
+    }
+
+    /// An open account's summary; `None` if it is not open.
+    pub fn account(&self, account: &str) -> Option<AccountSummary> {
+        let state = self.snapshot.opened(account).ok()?;
+        Some(AccountSummary {
+            account: state.id.clone(),
+            edu: state.edu,
+            banned: state.banned,
+        })
+    }
+
     /// Sends a request and waits for its answer.
     pub async fn call<T>(
         &self,
@@ -118,61 +196,62 @@ pub fn spawn(
     events_appended: Arc<AtomicU64>,
 ) -> (EngineHandle, tokio::task::JoinHandle<Result<(), LogError>>) {
     let (sender, receiver) = mpsc::channel(ENGINE_QUEUE_CAPACITY);
-    let task = tokio::spawn(run(engine, receiver, clock, events_appended));
-    (EngineHandle { sender }, task)
+    let snapshot = Arc::new(Snapshot::default());
+    snapshot.publish(&engine, None);
+    let task = tokio::spawn(run(
+        engine,
+        receiver,
+        Arc::clone(&clock),
+        Arc::clone(&snapshot),
+        events_appended,
+    ));
+    let handle = EngineHandle {
+        sender,
+        snapshot,
+        clock,
+    };
+    (handle, task)
 }
 
 async fn run(
     mut engine: Engine<SqliteLog>,
     mut receiver: mpsc::Receiver<Request>,
     clock: Clock,
+    snapshot: Arc<Snapshot>,
     events_appended: Arc<AtomicU64>,
 ) -> Result<(), LogError> {
     events_appended.store(engine.events_appended(), Ordering::Relaxed);
     while let Some(request) = receiver.recv().await {
         // Never backwards: the engine's clock is the last instant it has seen.
         let now = clock().max(engine.clock());
-        serve(&mut engine, request, now).await;
+        serve(&mut engine, &snapshot, request, now).await;
         events_appended.store(engine.events_appended(), Ordering::Relaxed);
     }
     tracing::info!("engine task: queue drained, closing the log");
     engine.log().close().await
 }
 
-async fn serve(engine: &mut Engine<SqliteLog>, request: Request, now: Timestamp) {
+async fn serve(
+    engine: &mut Engine<SqliteLog>,
+    snapshot: &Snapshot,
+    request: Request,
+    now: Timestamp,
+) {
     match request {
         Request::Execute {
             target,
             command,
             reply,
         } => {
+            // Only the target's account can change (a lease target: republish them all).
+            let account = match &target {
+                Target::Account(account) => Some(account.clone()),
+                Target::Lease(_) => None,
+            };
             let result = engine.execute(target, command, now).await;
+            // Published before the answer: whoever saw the answer reads the new state.
+            snapshot.publish(engine, account.as_deref());
             let _ = reply.send(result);
-        }
-        Request::Balance {
-            account,
-            as_of,
-            reply,
-        } => {
-            let _ = reply.send(engine.balance(&account, as_of.unwrap_or(now)));
-        }
-        Request::Quota {
-            account,
-            as_of,
-            reply,
-        } => {
-            let _ = reply.send(engine.quota(&account, as_of.unwrap_or(now)));
-        }
-        Request::Account { account, reply } => {
-            let summary = engine
-                .state(&account)
-                .filter(|state| state.opened)
-                .map(|state| AccountSummary {
-                    account: state.id.clone(),
-                    edu: state.edu,
-                    banned: state.banned,
-                });
-            let _ = reply.send(summary);
         }
         Request::Events {
             account,

@@ -142,11 +142,7 @@ pub async fn get_account(
     principal.require_reader(&id)?;
     let summary = state
         .engine
-        .call(|reply| EngineRequest::Account {
-            account: id.clone(),
-            reply,
-        })
-        .await?
+        .account(&id)
         .ok_or_else(|| ApiError::unknown_account(&id))?;
     Ok(Json(AccountBody {
         account: summary.account,
@@ -198,14 +194,7 @@ pub async fn get_balance(
 ) -> Result<Json<BalanceBody>, ApiError> {
     principal.require_reader(&id)?;
     let as_of = parse_as_of(query.as_of)?;
-    let view = state
-        .engine
-        .call(|reply| EngineRequest::Balance {
-            account: id,
-            as_of,
-            reply,
-        })
-        .await??;
+    let view = state.engine.balance(&id, as_of)?;
     Ok(Json(view.into()))
 }
 
@@ -224,14 +213,7 @@ pub async fn get_quota(
 ) -> Result<Json<QuotaBody>, ApiError> {
     principal.require_reader(&id)?;
     let as_of = parse_as_of(query.as_of)?;
-    let view = state
-        .engine
-        .call(|reply| EngineRequest::Quota {
-            account: id,
-            as_of,
-            reply,
-        })
-        .await??;
+    let view = state.engine.quota(&id, as_of)?;
     Ok(Json(view.into()))
 }
 
@@ -402,15 +384,7 @@ pub async fn post_token(
     AccountId(id): AccountId,
 ) -> Result<(StatusCode, Json<TokenBody>), ApiError> {
     principal.require_admin()?;
-    let exists = state
-        .engine
-        .call(|reply| EngineRequest::Account {
-            account: id.clone(),
-            reply,
-        })
-        .await?
-        .is_some();
-    if !exists {
+    if state.engine.account(&id).is_none() {
         return Err(ApiError::unknown_account(&id));
     }
     let token = state.tokens.mint(&id)?;
