@@ -113,6 +113,14 @@ fn one() -> u32 {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct InvoiceArgs {
+    account: String,
+    invoice: String,
+    orders: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NoArgs {}
 
 #[derive(Deserialize)]
@@ -193,6 +201,14 @@ fn parse_step(cmd: &str, rest: Map<String, Value>) -> Result<Step, String> {
         "release" => {
             let lease = args::<LeaseIdArgs>(cmd, rest)?.lease;
             Step::Execute(Target::Lease(lease.clone()), Command::Release { lease })
+        }
+        "invoice" => {
+            let a: InvoiceArgs = args(cmd, rest)?;
+            let command = Command::RecordInvoice {
+                invoice: a.invoice,
+                orders: a.orders,
+            };
+            Step::Execute(account(a.account), command)
         }
         "balance" => Step::Balance(args::<AccountArgs>(cmd, rest)?.account),
         "quota" => Step::Quota(args::<AccountArgs>(cmd, rest)?.account),

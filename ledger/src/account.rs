@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::amount::{lease_cost, Dcu};
@@ -126,6 +127,19 @@ pub struct EndedLease {
 pub struct OrderRecord {
     pub plan: String,
     pub effect: PurchaseEffect,
+    /// What the order paid (P6), in CNY.
+    pub price_cny: Decimal,
+    /// The invoice that covers it, once one was recorded.
+    pub invoice: Option<String>,
+}
+
+/// An invoice recorded for paid orders of the account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvoiceRecord {
+    pub orders: Vec<String>,
+    pub amount_cny: Decimal,
+    pub item: String,
+    pub recorded_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -171,6 +185,7 @@ pub struct AccountState {
     pub ended: BTreeMap<String, EndedLease>,
     pub orders: BTreeMap<String, OrderRecord>,
     pub records: BTreeMap<String, UsageRecord>,
+    pub invoices: BTreeMap<String, InvoiceRecord>,
 }
 
 impl AccountState {
@@ -325,22 +340,22 @@ impl AccountState {
             EventBody::PlanStarted {
                 order,
                 terms,
+                payment,
                 bucket,
                 period_ends_at,
                 arrears_paid,
-                ..
             } => {
                 self.start_period(order, terms, at, *period_ends_at);
                 self.grant_plan(order, terms, *bucket, *period_ends_at, *arrears_paid);
-                self.record_order(order, &terms.plan, PurchaseEffect::Started);
+                self.record_order(order, &terms.plan, PurchaseEffect::Started, payment);
             }
             EventBody::PlanUpgraded {
                 order,
                 terms,
+                payment,
                 bucket,
                 period_ends_at,
                 arrears_paid,
-                ..
             } => {
                 // P2: plan and extension credit of the replaced period is refreshed.
                 for refreshed in &mut self.buckets {
@@ -352,14 +367,18 @@ impl AccountState {
                 }
                 self.start_period(order, terms, at, *period_ends_at);
                 self.grant_plan(order, terms, *bucket, *period_ends_at, *arrears_paid);
-                self.record_order(order, &terms.plan, PurchaseEffect::Upgraded);
+                self.record_order(order, &terms.plan, PurchaseEffect::Upgraded, payment);
             }
-            EventBody::PlanQueued { order, terms, .. } => {
+            EventBody::PlanQueued {
+                order,
+                terms,
+                payment,
+            } => {
                 self.queue.push(QueuedPlan {
                     order: order.clone(),
                     terms: terms.clone(),
                 });
-                self.record_order(order, &terms.plan, PurchaseEffect::Queued);
+                self.record_order(order, &terms.plan, PurchaseEffect::Queued, payment);
             }
             EventBody::QueuedPlanStarted {
                 order,
@@ -382,10 +401,10 @@ impl AccountState {
             EventBody::ExtensionGranted {
                 order,
                 grant_dcu,
+                payment,
                 bucket,
                 expires_at,
                 arrears_paid,
-                ..
             } => {
                 self.add_bucket(
                     *bucket,
@@ -396,7 +415,7 @@ impl AccountState {
                     *arrears_paid,
                 );
                 self.totals.granted += *grant_dcu;
-                self.record_order(order, "extension", PurchaseEffect::Granted);
+                self.record_order(order, "extension", PurchaseEffect::Granted, payment);
             }
             EventBody::PeriodEnded {
                 carried,
@@ -523,6 +542,27 @@ impl AccountState {
                     );
                 }
             }
+            EventBody::InvoiceRecorded {
+                invoice,
+                orders,
+                amount_cny,
+                item,
+            } => {
+                for order in orders {
+                    if let Some(record) = self.orders.get_mut(order) {
+                        record.invoice = Some(invoice.clone());
+                    }
+                }
+                self.invoices.insert(
+                    invoice.clone(),
+                    InvoiceRecord {
+                        orders: orders.clone(),
+                        amount_cny: *amount_cny,
+                        item: item.clone(),
+                        recorded_at: at,
+                    },
+                );
+            }
         }
         self.debug_check();
     }
@@ -587,12 +627,20 @@ impl AccountState {
         self.totals.spent += paid;
     }
 
-    fn record_order(&mut self, order: &str, plan: &str, effect: PurchaseEffect) {
+    fn record_order(
+        &mut self,
+        order: &str,
+        plan: &str,
+        effect: PurchaseEffect,
+        payment: &crate::event::Payment,
+    ) {
         self.orders.insert(
             order.into(),
             OrderRecord {
                 plan: plan.into(),
                 effect,
+                price_cny: payment.price_cny,
+                invoice: None,
             },
         );
     }

@@ -29,6 +29,8 @@ pub const MAX_USAGE_SECONDS: u64 = 366 * 86_400;
 pub const MAX_USAGE_CARDS: u32 = 4_096;
 pub const MAX_STORAGE_GB: u64 = 1_000_000_000;
 pub const MAX_REASON_LEN: usize = 1_000;
+/// Most orders one invoice may cover.
+pub const MAX_INVOICE_ORDERS: usize = 1_000;
 /// M3: a lease is admitted only if the balance lasts at least this long at its burn rate.
 pub const MIN_CREDIT_SECONDS: u64 = 60;
 
@@ -157,6 +159,12 @@ pub enum Command {
     Release {
         lease: String,
     },
+    /// An invoice (技术服务费) for paid orders of the account; its amount is the sum of
+    /// their prices. The same invoice id again with the same orders has one effect.
+    RecordInvoice {
+        invoice: String,
+        orders: Vec<String>,
+    },
 }
 
 /// Checks an id (account, order, lease, record): 1 to 128 printable ASCII characters
@@ -232,7 +240,69 @@ pub fn decide(
         Command::RequestLease(request) => request_lease(state, context, request, now),
         Command::Heartbeat { lease } => heartbeat(state, lease, now),
         Command::Release { lease } => release(state, lease, now),
+        Command::RecordInvoice { invoice, orders } => record_invoice(state, invoice, orders, now),
     }
+}
+
+/// Invoices: only paid orders of this account, none invoiced twice; the same invoice id
+/// with the same orders again answers the first and writes nothing.
+fn record_invoice(
+    state: &AccountState,
+    invoice: &str,
+    orders: &[String],
+    now: Timestamp,
+) -> Result<Vec<Event>, Refusal> {
+    require_open(state)?;
+    check_id("invoice", invoice)?;
+    if let Some(recorded) = state.invoices.get(invoice) {
+        return if recorded.orders == orders {
+            Ok(Vec::new())
+        } else {
+            Err(Refusal::invalid(format!(
+                "invoice {invoice:?} was already recorded for other orders ({})",
+                recorded.orders.join(", ")
+            )))
+        };
+    }
+    if orders.is_empty() || orders.len() > MAX_INVOICE_ORDERS {
+        return Err(Refusal::invalid(format!(
+            "an invoice covers 1 to {MAX_INVOICE_ORDERS} orders"
+        )));
+    }
+    let mut amount_cny = Decimal::ZERO;
+    for (index, order) in orders.iter().enumerate() {
+        check_id("order", order)?;
+        if orders[..index].contains(order) {
+            return Err(Refusal::invalid(format!(
+                "order {order:?} is listed twice on invoice {invoice:?}"
+            )));
+        }
+        let Some(record) = state.orders.get(order) else {
+            return Err(Refusal::invalid(format!(
+                "order {order:?} is not an order of account {:?}",
+                state.id
+            )));
+        };
+        if let Some(other) = &record.invoice {
+            return Err(Refusal::invalid(format!(
+                "order {order:?} is already invoiced on invoice {other:?}"
+            )));
+        }
+        if !record.price_cny.is_sign_positive() || record.price_cny.is_zero() {
+            return Err(Refusal::invalid(format!(
+                "order {order:?} was not paid (price {} CNY): nothing to invoice",
+                record.price_cny
+            )));
+        }
+        amount_cny += record.price_cny;
+    }
+    let body = EventBody::InvoiceRecorded {
+        invoice: invoice.into(),
+        orders: orders.to_vec(),
+        amount_cny,
+        item: crate::event::INVOICE_ITEM.into(),
+    };
+    Ok(vec![event(now, body)])
 }
 
 fn event(at: Timestamp, body: EventBody) -> Event {

@@ -232,7 +232,18 @@ pub enum EventBody {
         end: LeaseEnd,
         reason: Option<RevokeReason>,
     },
+    /// An invoice (发票) issued for paid orders of the account, for the item `item`
+    /// (技术服务费); `amount_cny` is the sum of the orders' prices paid.
+    InvoiceRecorded {
+        invoice: String,
+        orders: Vec<String>,
+        amount_cny: Decimal,
+        item: String,
+    },
 }
+
+/// The item every invoice is issued for (the manual: 技术服务费, "technical service fee").
+pub const INVOICE_ITEM: &str = "技术服务费";
 
 impl EventBody {
     /// The type name stored beside the payload.
@@ -256,6 +267,7 @@ impl EventBody {
             EventBody::LeaseGranted { .. } => "LeaseGranted",
             EventBody::LeaseMetered { .. } => "LeaseMetered",
             EventBody::LeaseEnded { .. } => "LeaseEnded",
+            EventBody::InvoiceRecorded { .. } => "InvoiceRecorded",
         }
     }
 }

@@ -61,6 +61,17 @@ pub enum Outcome {
     Done {
         account: String,
     },
+    Invoice(InvoiceView),
+}
+
+/// An invoice as recorded (issue 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvoiceView {
+    pub account: String,
+    pub invoice: String,
+    pub orders: Vec<String>,
+    pub amount_cny: rust_decimal::Decimal,
+    pub item: String,
 }
 
 /// The pool's capacity, use and queues (`GET /v1/pool`).
@@ -92,6 +103,7 @@ pub struct Engine<L: EventLog> {
     lease_owner: HashMap<String, String>,
     order_owner: HashMap<String, String>,
     record_owner: HashMap<String, String>,
+    invoice_owner: HashMap<String, String>,
     /// M4: `None` runs without a pool (every admitted lease finds cards).
     pool: Option<Pool>,
     /// M4: per model, queued leases in arrival order: (lease, account).
@@ -120,7 +132,9 @@ fn decode(recorded: &RecordedEvent) -> Result<Event, EngineError> {
 
 fn encode(event: &Event) -> NewEvent {
     NewEvent {
-        id: Uuid::new_v4(),
+        // Time-ordered ids keep the log's unique id index append-mostly (random v4 ids
+        // scatter its inserts over the whole B-tree).
+        id: Uuid::now_v7(),
         event_type: event.body.type_name().into(),
         version: EVENT_VERSION,
         data: event.encode(),
@@ -148,6 +162,7 @@ impl<L: EventLog> Engine<L> {
             lease_owner: HashMap::new(),
             order_owner: HashMap::new(),
             record_owner: HashMap::new(),
+            invoice_owner: HashMap::new(),
             pool,
             queues: BTreeMap::new(),
             deadlines: BTreeSet::new(),
@@ -316,12 +331,8 @@ impl<L: EventLog> Engine<L> {
             self.forget_deadline(account);
             return Ok(());
         }
-        let mut next = slot.state.clone();
-        for event in &events {
-            next.evolve(event);
-        }
         let revision = slot.revision;
-        self.append(account, revision, &events, next).await
+        self.append(account, revision, &events).await
     }
 
     /// M4: grants queued leases, first in line first per model, while cards allow. A lease
@@ -361,10 +372,8 @@ impl<L: EventLog> Engine<L> {
                 Err(_) => Vec::new(),
             };
             let event = decide::grant_queued(&slot.state, &self.context, &lease, placement, now);
-            let mut next = slot.state.clone();
-            next.evolve(&event);
             let revision = slot.revision;
-            self.append(&account, revision, std::slice::from_ref(&event), next)
+            self.append(&account, revision, std::slice::from_ref(&event))
                 .await?;
         }
     }
@@ -425,6 +434,9 @@ impl<L: EventLog> Engine<L> {
             Command::RecordUsage { record, .. } if foreign(&self.record_owner, record) => Err(
                 Refusal::invalid(format!("record {record:?} belongs to another account")),
             ),
+            Command::RecordInvoice { invoice, .. } if foreign(&self.invoice_owner, invoice) => Err(
+                Refusal::invalid(format!("invoice {invoice:?} belongs to another account")),
+            ),
             // A lease id of another account is refused like a foreign order id: answering
             // would show one account's lease to another.
             Command::RequestLease(request) if foreign(&self.lease_owner, &request.lease) => {
@@ -477,26 +489,27 @@ impl<L: EventLog> Engine<L> {
             revision: None,
         };
         let slot = self.accounts.get(account).unwrap_or(&empty);
-        let mut next = slot.state.clone();
         let revision = slot.revision;
-        let mut events = due::due(&next, now);
-        for event in &events {
-            next.evolve(event);
-        }
+        let mut events = due::due(&slot.state, now);
+        // The common case has nothing due: decide on the cached state itself, with no copy
+        // (an account's state grows with its history; copying it per command would not).
+        let scratch = (!events.is_empty()).then(|| {
+            let mut scratch = slot.state.clone();
+            events.iter().for_each(|event| scratch.evolve(event));
+            scratch
+        });
+        let current = scratch.as_ref().unwrap_or(&slot.state);
         let decided = match command {
             Command::RequestLease(request) if self.pool.is_some() => {
-                self.decide_placement(&next, request, now)
+                self.decide_placement(current, request, now)
             }
-            _ => decide::decide(&next, &self.context, command, now),
+            _ => decide::decide(current, &self.context, command, now),
         };
         if let Ok(decided) = &decided {
-            for event in decided {
-                next.evolve(event);
-            }
             events.extend(decided.iter().cloned());
         }
         if !events.is_empty() {
-            self.append(account, revision, &events, next).await?;
+            self.append(account, revision, &events).await?;
         }
         decided?;
         self.outcome(account, command, now)
@@ -523,14 +536,14 @@ impl<L: EventLog> Engine<L> {
         decide::place_lease(state, &self.context, request, placement, now)
     }
 
-    /// Appends an account's events with its revision as the expected one; on success the
-    /// state, the indexes, the pool, the queues and the deadline follow.
+    /// Appends an account's events with its revision as the expected one; only once they
+    /// are durable are they folded into the cached state, and the indexes, the pool, the
+    /// queues and the deadline follow.
     async fn append(
         &mut self,
         account: &str,
         revision: Option<u64>,
         events: &[Event],
-        next: AccountState,
     ) -> Result<(), EngineError> {
         let expected = revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
         let records = events.iter().map(encode).collect();
@@ -538,24 +551,30 @@ impl<L: EventLog> Engine<L> {
             .log
             .append(&stream_of(account), expected, records)
             .await?;
-        let previous = self.accounts.insert(
-            account.to_string(),
-            Slot {
-                state: next,
-                revision: Some(outcome.last_revision),
-            },
-        );
         for event in events {
+            let freed = self.freed_placement(account, event);
+            let slot = self.slot_mut(account);
+            slot.state.evolve(event);
+            slot.revision = Some(outcome.last_revision);
             self.index(account, event);
-            self.follow_pool(account, previous.as_ref().map(|slot| &slot.state), event);
+            self.follow_pool(account, freed, event);
         }
         self.events_appended += events.len() as u64;
         self.reschedule(account);
         Ok(())
     }
 
-    /// Keeps the pool and the queues in step with the lease events just appended.
-    fn follow_pool(&mut self, account: &str, previous: Option<&AccountState>, event: &Event) {
+    /// The cards a `LeaseEnded` event gives back: the placement of that running lease.
+    fn freed_placement(&self, account: &str, event: &Event) -> Option<Vec<Placement>> {
+        let EventBody::LeaseEnded { lease, .. } = &event.body else {
+            return None;
+        };
+        let running = self.state(account)?.running.get(lease)?;
+        Some(running.placement.clone())
+    }
+
+    /// Keeps the pool and the queues in step with a lease event just appended and folded.
+    fn follow_pool(&mut self, account: &str, freed: Option<Vec<Placement>>, event: &Event) {
         match &event.body {
             EventBody::LeaseQueued { lease, terms } => {
                 let queue = self.queues.entry(terms.model.clone()).or_default();
@@ -571,28 +590,23 @@ impl<L: EventLog> Engine<L> {
                 }
                 self.drop_from_queue(&terms.model, lease);
             }
-            EventBody::LeaseEnded { lease, .. } => {
-                let ended_model = self
-                    .state(account)
-                    .and_then(|state| state.ended.get(lease))
-                    .map(|ended| ended.model.clone());
-                let placement = previous
-                    .and_then(|state| state.running.get(lease))
-                    .map(|running| running.placement.clone());
-                match placement {
-                    Some(placement) => {
-                        if let Some(pool) = self.pool.as_mut() {
-                            pool.give_back(&placement);
-                        }
-                        self.cards_freed = true;
+            EventBody::LeaseEnded { lease, .. } => match freed {
+                Some(placement) => {
+                    if let Some(pool) = self.pool.as_mut() {
+                        pool.give_back(&placement);
                     }
-                    None => {
-                        if let Some(model) = ended_model {
-                            self.drop_from_queue(&model, lease);
-                        }
+                    self.cards_freed = true;
+                }
+                None => {
+                    let model = self
+                        .state(account)
+                        .and_then(|state| state.ended.get(lease))
+                        .map(|ended| ended.model.clone());
+                    if let Some(model) = model {
+                        self.drop_from_queue(&model, lease);
                     }
                 }
-            }
+            },
             _ => {}
         }
     }
@@ -670,6 +684,20 @@ impl<L: EventLog> Engine<L> {
             Command::Heartbeat { lease } | Command::Release { lease } => {
                 return self.lease_outcome(account, lease, now)
             }
+            Command::RecordInvoice { invoice, .. } => match state.invoices.get(invoice) {
+                Some(record) => Outcome::Invoice(InvoiceView {
+                    account: account.into(),
+                    invoice: invoice.clone(),
+                    orders: record.orders.clone(),
+                    amount_cny: record.amount_cny,
+                    item: record.item.clone(),
+                }),
+                None => {
+                    return Err(
+                        Refusal::invalid(format!("invoice {invoice:?} not recorded")).into(),
+                    )
+                }
+            },
             Command::Login | Command::Storage { .. } | Command::Ban { .. } => Outcome::Done {
                 account: account.into(),
             },
@@ -710,9 +738,22 @@ impl<L: EventLog> Engine<L> {
             | EventBody::PlanQueued { order, .. }
             | EventBody::ExtensionGranted { order, .. } => (&mut self.order_owner, order),
             EventBody::UsageRecorded { record, .. } => (&mut self.record_owner, record),
+            EventBody::InvoiceRecorded { invoice, .. } => (&mut self.invoice_owner, invoice),
             _ => return,
         };
         map.insert(id.clone(), account.to_string());
+    }
+
+    /// An account stream's last revision (`None` while it has no events). The server
+    /// compares it with what it last published to find the accounts a command or a tick
+    /// changed.
+    pub fn revision(&self, account: &str) -> Option<u64> {
+        self.accounts.get(account).and_then(|slot| slot.revision)
+    }
+
+    /// The account a lease belongs to.
+    pub fn lease_owner(&self, lease: &str) -> Option<&str> {
+        self.lease_owner.get(lease).map(String::as_str)
     }
 }
 

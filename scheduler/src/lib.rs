@@ -11,5 +11,5 @@
 pub mod engine;
 pub mod pool;
 
-pub use engine::{Engine, EngineError, Outcome, PoolView, Target};
+pub use engine::{Engine, EngineError, InvoiceView, Outcome, PoolView, Target};
 pub use pool::{NodeSpec, Pool};

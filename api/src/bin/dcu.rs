@@ -28,6 +28,9 @@ enum Commands {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Replays a GPU cluster trace (Alibaba 2023 or 2025 CSV) through the engine in virtual
+    /// time and prints what happened (docs/simulation.md).
+    Simulate(SimulateArgs),
     /// Serves the REST API (docs/api.md) until SIGINT or SIGTERM.
     Serve {
         /// The data directory: the event log, `admin.token`, `tokens.jsonl`.
@@ -39,7 +42,56 @@ enum Commands {
         /// A catalog JSON file (default: the manual's tables).
         #[arg(long)]
         catalog: Option<PathBuf>,
+        /// The GPU pool, a JSON file `[{"node", "model", "cards"}]` in placement order
+        /// (default: 4 nodes × 8 cards of each model).
+        #[arg(long)]
+        pool: Option<PathBuf>,
     },
+    /// Copies the event log to another store, in global order with its event ids; run again
+    /// to resume after an interruption; verifies counts per stream and in total at the end.
+    Migrate {
+        /// The source: sqlite:DIR (or a kurrentdb:// URL when built with `kurrentdb`).
+        #[arg(long)]
+        from: String,
+        /// The target: sqlite:DIR or kurrentdb://HOST:2113?tls=false (feature `kurrentdb`).
+        #[arg(long)]
+        to: String,
+        /// Copy at most this many events, then stop (run again to continue).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// statement, explain, reconcile, verify, replay (docs/reconciliation.md).
+    #[command(flatten)]
+    Audit(api::audit::AuditCommand),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// The trace CSV file.
+    #[arg(long)]
+    trace: PathBuf,
+    /// The trace format (default: picked from the header).
+    #[arg(long, value_enum)]
+    format: Option<api::traces::TraceFormat>,
+    /// Accounts the 2023 trace (no tenant column) is hashed into.
+    #[arg(long, default_value_t = api::simulate::DEFAULT_ACCOUNTS)]
+    accounts: u32,
+    /// A JSON array of {"node", "model", "cards"} (default: 16 nodes × 8 cards per model).
+    #[arg(long)]
+    pool: Option<PathBuf>,
+    /// Heartbeat every S seconds while a lease runs (TTL = 3 S); 0: none, TTL off.
+    #[arg(long, default_value_t = api::simulate::DEFAULT_HEARTBEAT_S)]
+    heartbeat_s: u32,
+    /// Extension packs an account buys at most per 30 days.
+    #[arg(long, default_value_t = api::simulate::DEFAULT_PACKS_PER_MONTH)]
+    packs_per_month: u32,
+    /// Keep the log in this directory (it must not hold a log yet); default: a temporary
+    /// directory, removed afterwards.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -57,11 +109,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Commands::Scenario { file, data } => scenario(file, data).await,
+            Commands::Simulate(args) => simulate(args).await,
             Commands::Serve {
                 data,
                 listen,
                 catalog,
-            } => serve(data, listen, catalog).await,
+                pool,
+            } => serve(data, listen, catalog, pool).await,
+            Commands::Migrate { from, to, limit } => migrate(from, to, limit).await,
+            Commands::Audit(command) => api::audit::run(command).await,
         }
     });
     match result {
@@ -89,7 +145,39 @@ async fn scenario(file: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(data: PathBuf, listen: String, catalog: Option<PathBuf>) -> anyhow::Result<()> {
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let pool = match &args.pool {
+        Some(path) => Some(api::simulate::load_pool(path)?),
+        None => None,
+    };
+    let options = api::simulate::SimulateOptions {
+        format: args.format,
+        accounts: args.accounts,
+        pool,
+        heartbeat_s: args.heartbeat_s,
+        packs_per_month: args.packs_per_month,
+        progress: true,
+    };
+    let report = api::simulate::simulate(&args.trace, args.data, &options).await?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        api::simulate::render_table(&report)
+    };
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    if !report.conservation_ok {
+        anyhow::bail!("conservation (SPEC I1) does not hold at the end of the run");
+    }
+    Ok(())
+}
+
+async fn serve(
+    data: PathBuf,
+    listen: String,
+    catalog: Option<PathBuf>,
+    pool: Option<PathBuf>,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -99,6 +187,13 @@ async fn serve(data: PathBuf, listen: String, catalog: Option<PathBuf>) -> anyho
     let mut options = api::server::ServeOptions::new(data);
     options.listen = listen;
     options.catalog = catalog;
+    options.pool = pool;
     options.admin_token = std::env::var(api::server::auth::ADMIN_TOKEN_ENV).ok();
     api::server::serve(options).await
+}
+
+async fn migrate(from: String, to: String, limit: Option<u64>) -> anyhow::Result<()> {
+    let report = api::migrate::run(&from, &to, limit).await?;
+    println!("dcu migrate: {report}");
+    Ok(())
 }

@@ -9,17 +9,21 @@
 //! the engine's state, so folding outside the task gives the same answer.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use ledger::account::AccountState;
+use ledger::catalog::Catalog;
 use ledger::clock::Timestamp;
 use ledger::decide::{Command, ErrorCode, Refusal};
-use ledger::event::Event;
+use ledger::due;
+use ledger::event::{Event, JobKind, LeaseTerms};
 use ledger::log::sqlite::SqliteLog;
 use ledger::log::{EventLog, LogError, RecordedEvent};
-use projections::views::{self, BalanceView, QuotaView};
-use scheduler::{Engine, EngineError, Outcome, Target};
+use projections::views::{self, BalanceView, LeaseView, QuotaView};
+use scheduler::{Engine, EngineError, Outcome, PoolView, Target};
 use tokio::sync::{mpsc, oneshot};
 
 use super::problem::ApiError;
@@ -31,6 +35,11 @@ use axum::http::StatusCode;
 /// that a stuck log shows up as back-pressure (handlers wait for a slot) instead of memory
 /// growing without bound.
 pub const ENGINE_QUEUE_CAPACITY: usize = 1024;
+
+/// How long the timer sleeps at most between looks at the engine's next deadline (real
+/// time). With the system clock the timer wakes at the deadline itself; this bound matters
+/// for a manual clock (tests), which the timer cannot see move.
+pub const DEFAULT_TIMER_POLL: Duration = Duration::from_secs(1);
 
 /// The server's clock: `now` for every command and the default `as_of` for every query.
 /// Production uses the system clock; tests pass a manual one.
@@ -61,11 +70,94 @@ pub struct EventPage {
     pub events: Vec<(RecordedEvent, Event)>,
 }
 
+/// A lease with what the runner needs besides its view: its terms while it runs or waits,
+/// and its instants.
+#[derive(Debug, Clone)]
+pub struct LeaseInfo {
+    pub view: LeaseView,
+    pub kind: Option<JobKind>,
+    pub model: Option<String>,
+    /// Known while the lease is granted or queued.
+    pub terms: Option<LeaseTerms>,
+    pub granted_at: Option<Timestamp>,
+    pub last_heartbeat_at: Option<Timestamp>,
+    /// M6: when it expires without another heartbeat (`None` when TTL is off).
+    pub expires_at: Option<Timestamp>,
+    pub queued_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+}
+
+/// A lease's info in a state that is already live at its instant.
+pub fn lease_info(live: &AccountState, lease: &str) -> Option<LeaseInfo> {
+    let view = views::lease_of_live(live, lease)?;
+    let mut info = LeaseInfo {
+        view,
+        kind: None,
+        model: None,
+        terms: None,
+        granted_at: None,
+        last_heartbeat_at: None,
+        expires_at: None,
+        queued_at: None,
+        ended_at: None,
+    };
+    if let Some(running) = live.running.get(lease) {
+        info.kind = Some(running.terms.kind);
+        info.model = Some(running.terms.model.clone());
+        info.terms = Some(running.terms.clone());
+        info.granted_at = Some(running.granted_at);
+        info.last_heartbeat_at = Some(running.last_heartbeat_at);
+        info.expires_at = running.expires_at();
+    } else if let Some(queued) = live.queued_leases.get(lease) {
+        info.kind = Some(queued.terms.kind);
+        info.model = Some(queued.terms.model.clone());
+        info.terms = Some(queued.terms.clone());
+        info.queued_at = Some(queued.queued_at);
+    } else if let Some(ended) = live.ended.get(lease) {
+        info.kind = Some(ended.kind);
+        info.model = Some(ended.model.clone());
+        info.ended_at = Some(ended.ended_at);
+    }
+    Some(info)
+}
+
+/// A lease command carried out (or found already carried out, M10).
+#[derive(Debug)]
+pub struct LeaseAnswer {
+    pub info: LeaseInfo,
+    /// The lease existed before this command (a repeated request answers 200).
+    pub existed: bool,
+}
+
+/// A lease command refused; `info` is the lease's state when it exists (so a heartbeat
+/// refused with `lease_not_active` tells the runner why).
+#[derive(Debug)]
+pub struct LeaseFailure {
+    pub error: EngineError,
+    pub info: Option<LeaseInfo>,
+}
+
 pub enum Request {
     Execute {
         target: Target,
         command: Command,
         reply: oneshot::Sender<Result<Outcome, EngineError>>,
+    },
+    /// A lease command. With `caller` set (an account token), a lease of another account
+    /// answers `unknown_lease`, as if it did not exist.
+    Lease {
+        target: Target,
+        command: Command,
+        caller: Option<String>,
+        reply: oneshot::Sender<Result<LeaseAnswer, LeaseFailure>>,
+    },
+    LeaseStatus {
+        lease: String,
+        caller: Option<String>,
+        reply: oneshot::Sender<Result<LeaseInfo, Refusal>>,
+    },
+    Pool {
+        reply: oneshot::Sender<Option<PoolView>>,
     },
     Events {
         account: String,
@@ -85,24 +177,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn publish(&self, engine: &Engine<SqliteLog>, account: Option<&str>) {
+    /// Publishes the given accounts' states (all of them with `None`) and the clock.
+    fn publish(&self, engine: &Engine<SqliteLog>, accounts_changed: Option<&[String]>) {
         let mut accounts = self
             .accounts
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        match account {
-            Some(account) => {
-                if let Some(state) = engine.state(account) {
-                    accounts.insert(account.to_string(), Arc::new(state.clone()));
-                }
+        let mut put = |id: &String| {
+            if let Some(state) = engine.state(id) {
+                accounts.insert(id.clone(), Arc::new(state.clone()));
             }
-            None => {
-                for id in engine.account_ids() {
-                    if let Some(state) = engine.state(id) {
-                        accounts.insert(id.clone(), Arc::new(state.clone()));
-                    }
-                }
-            }
+        };
+        match accounts_changed {
+            Some(ids) => ids.iter().for_each(&mut put),
+            None => engine.account_ids().for_each(&mut put),
         }
         drop(accounts);
         self.clock.store(engine.clock().0, Ordering::Release);
@@ -135,6 +223,15 @@ pub struct EngineHandle {
     sender: mpsc::Sender<Request>,
     snapshot: Arc<Snapshot>,
     clock: Clock,
+    catalog: Arc<Catalog>,
+}
+
+/// One page of an account's leases, ordered by lease id.
+#[derive(Debug)]
+pub struct LeasePage {
+    pub leases: Vec<LeaseInfo>,
+    /// The last lease id when the page was full.
+    pub next_after: Option<String>,
 }
 
 impl EngineHandle {
@@ -155,6 +252,58 @@ impl EngineHandle {
         let state = self.snapshot.opened(account)?;
         let as_of = as_of.unwrap_or_else(|| self.now());
         Ok(views::quota(&state, as_of.max(state.clock)))
+    }
+
+    /// The catalog the engine runs with (K3 limits).
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// An account's leases (running, queued and ended) with ids after `after`, at most
+    /// `limit`, folded from the snapshot at now.
+    pub fn leases(
+        &self,
+        account: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<LeasePage, Refusal> {
+        let state = self.snapshot.opened(account)?;
+        let live = due::live(&state, self.now().max(state.clock));
+        let range = || {
+            (
+                after.map_or(Bound::Unbounded, |after| Bound::Excluded(after.to_string())),
+                Bound::Unbounded,
+            )
+        };
+        let mut ids: Vec<&String> = live
+            .running
+            .range::<String, _>(range())
+            .map(|(id, _)| id)
+            .take(limit)
+            .chain(
+                live.queued_leases
+                    .range::<String, _>(range())
+                    .map(|(id, _)| id)
+                    .take(limit),
+            )
+            .chain(
+                live.ended
+                    .range::<String, _>(range())
+                    .map(|(id, _)| id)
+                    .take(limit),
+            )
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.truncate(limit);
+        let next_after = (ids.len() == limit)
+            .then(|| ids.last().map(|id| (*id).clone()))
+            .flatten();
+        let leases = ids
+            .into_iter()
+            .filter_map(|id| lease_info(&live, id))
+            .collect();
+        Ok(LeasePage { leases, next_after })
     }
 
     /// An open account's summary; `None` if it is not open.
@@ -194,64 +343,252 @@ pub fn spawn(
     engine: Engine<SqliteLog>,
     clock: Clock,
     events_appended: Arc<AtomicU64>,
+    timer_poll: Duration,
 ) -> (EngineHandle, tokio::task::JoinHandle<Result<(), LogError>>) {
     let (sender, receiver) = mpsc::channel(ENGINE_QUEUE_CAPACITY);
     let snapshot = Arc::new(Snapshot::default());
-    snapshot.publish(&engine, None);
+    let catalog = Arc::new(engine.context().catalog.clone());
+    let publisher = Publisher::all(&engine, &snapshot);
     let task = tokio::spawn(run(
         engine,
+        publisher,
         receiver,
         Arc::clone(&clock),
         Arc::clone(&snapshot),
         events_appended,
+        timer_poll,
     ));
     let handle = EngineHandle {
         sender,
         snapshot,
         clock,
+        catalog,
     };
     (handle, task)
 }
 
+/// Republishes the accounts whose stream revision moved since they were last published.
+struct Publisher {
+    published: HashMap<String, Option<u64>>,
+}
+
+fn events_in(revision: Option<u64>) -> u64 {
+    revision.map_or(0, |revision| revision + 1)
+}
+
+impl Publisher {
+    fn all(engine: &Engine<SqliteLog>, snapshot: &Snapshot) -> Publisher {
+        snapshot.publish(engine, None);
+        let published = engine
+            .account_ids()
+            .map(|id| (id.clone(), engine.revision(id)))
+            .collect();
+        Publisher { published }
+    }
+
+    /// After a command or a tick: `appended` events were appended; `hint` is the account
+    /// the command was for. When the hint's stream grew by all of them only it is
+    /// republished; otherwise (a tick, a queued grant of another account) every account
+    /// whose revision moved is (a scan of revisions, no clones of unchanged states).
+    fn changed(
+        &mut self,
+        engine: &Engine<SqliteLog>,
+        snapshot: &Snapshot,
+        hint: Option<&str>,
+        appended: u64,
+    ) {
+        if appended == 0 {
+            snapshot.publish(engine, Some(&[]));
+            return;
+        }
+        if let Some(account) = hint {
+            let before = self.published.get(account).copied().flatten();
+            let now = engine.revision(account);
+            if events_in(now).saturating_sub(events_in(before)) == appended {
+                self.published.insert(account.to_string(), now);
+                snapshot.publish(engine, Some(&[account.to_string()]));
+                return;
+            }
+        }
+        let changed: Vec<String> = engine
+            .account_ids()
+            .filter(|id| self.published.get(*id).copied().flatten() != engine.revision(id))
+            .cloned()
+            .collect();
+        for id in &changed {
+            self.published.insert(id.clone(), engine.revision(id));
+        }
+        snapshot.publish(engine, Some(&changed));
+    }
+}
+
+/// How long the timer may sleep: until the next deadline, at most `poll`.
+fn timer_delay(engine: &Engine<SqliteLog>, now: Timestamp, poll: Duration) -> Duration {
+    match engine.next_deadline() {
+        Some(deadline) if deadline <= now => Duration::ZERO,
+        Some(deadline) => {
+            let seconds = u64::try_from(deadline.0.saturating_sub(now.0)).unwrap_or(u64::MAX);
+            poll.min(Duration::from_secs(seconds))
+        }
+        None => poll,
+    }
+}
+
 async fn run(
     mut engine: Engine<SqliteLog>,
+    mut publisher: Publisher,
     mut receiver: mpsc::Receiver<Request>,
     clock: Clock,
     snapshot: Arc<Snapshot>,
     events_appended: Arc<AtomicU64>,
+    timer_poll: Duration,
 ) -> Result<(), LogError> {
     events_appended.store(engine.events_appended(), Ordering::Relaxed);
-    while let Some(request) = receiver.recv().await {
+    loop {
         // Never backwards: the engine's clock is the last instant it has seen.
         let now = clock().max(engine.clock());
-        serve(&mut engine, &snapshot, request, now).await;
+        let delay = timer_delay(&engine, now, timer_poll);
+        tokio::select! {
+            request = receiver.recv() => {
+                let Some(request) = request else { break };
+                let now = clock().max(engine.clock());
+                serve(&mut engine, &snapshot, &mut publisher, request, now).await;
+            }
+            () = tokio::time::sleep(delay) => {
+                // The timer: whatever is due is appended at its own instant, even if no
+                // request comes.
+                let now = clock().max(engine.clock());
+                if engine.next_deadline().is_some_and(|deadline| deadline <= now) {
+                    tick(&mut engine, &snapshot, &mut publisher, now).await;
+                }
+            }
+        }
         events_appended.store(engine.events_appended(), Ordering::Relaxed);
     }
     tracing::info!("engine task: queue drained, closing the log");
     engine.log().close().await
 }
 
+async fn tick(
+    engine: &mut Engine<SqliteLog>,
+    snapshot: &Snapshot,
+    publisher: &mut Publisher,
+    now: Timestamp,
+) {
+    let before = engine.events_appended();
+    match engine.tick(now).await {
+        Ok(handled) if handled > 0 => tracing::debug!(handled, %now, "timer tick"),
+        Ok(_) => {}
+        Err(error) => tracing::error!(%error, "timer tick failed; retrying at the next wake-up"),
+    }
+    publisher.changed(engine, snapshot, None, engine.events_appended() - before);
+}
+
+/// A lease's info at `now`, from the engine's state.
+fn lease_info_at(engine: &Engine<SqliteLog>, lease: &str, now: Timestamp) -> Option<LeaseInfo> {
+    let owner = engine.lease_owner(lease)?;
+    let state = engine.state(owner)?;
+    let live = due::live(state, now.max(state.clock));
+    lease_info(&live, lease)
+}
+
+fn unknown_lease(lease: &str) -> Refusal {
+    Refusal::new(ErrorCode::UnknownLease, format!("no lease {lease:?}"))
+}
+
 async fn serve(
     engine: &mut Engine<SqliteLog>,
     snapshot: &Snapshot,
+    publisher: &mut Publisher,
     request: Request,
     now: Timestamp,
 ) {
+    let before = engine.events_appended();
     match request {
         Request::Execute {
             target,
             command,
             reply,
         } => {
-            // Only the target's account can change (a lease target: republish them all).
-            let account = match &target {
+            let hint = match &target {
                 Target::Account(account) => Some(account.clone()),
-                Target::Lease(_) => None,
+                Target::Lease(lease) => engine.lease_owner(lease).map(str::to_string),
             };
             let result = engine.execute(target, command, now).await;
             // Published before the answer: whoever saw the answer reads the new state.
-            snapshot.publish(engine, account.as_deref());
+            let appended = engine.events_appended() - before;
+            publisher.changed(engine, snapshot, hint.as_deref(), appended);
             let _ = reply.send(result);
+        }
+        Request::Lease {
+            target,
+            command,
+            caller,
+            reply,
+        } => {
+            let (lease, hint) = match (&target, &command) {
+                (Target::Lease(lease), _) => {
+                    (lease.clone(), engine.lease_owner(lease).map(str::to_string))
+                }
+                (Target::Account(account), Command::RequestLease(request)) => {
+                    (request.lease.clone(), Some(account.clone()))
+                }
+                (Target::Account(account), _) => (String::new(), Some(account.clone())),
+            };
+            if let Some(caller) = &caller {
+                if hint.as_deref() != Some(caller.as_str()) {
+                    let _ = reply.send(Err(LeaseFailure {
+                        error: unknown_lease(&lease).into(),
+                        info: None,
+                    }));
+                    return;
+                }
+            }
+            let existed = hint
+                .as_deref()
+                .is_some_and(|account| engine.lease_owner(&lease) == Some(account));
+            let result = engine.execute(target, command, now).await;
+            let appended = engine.events_appended() - before;
+            publisher.changed(engine, snapshot, hint.as_deref(), appended);
+            let answer = match result {
+                Ok(_) => match lease_info_at(engine, &lease, now) {
+                    Some(info) => Ok(LeaseAnswer { info, existed }),
+                    None => Err(LeaseFailure {
+                        error: unknown_lease(&lease).into(),
+                        info: None,
+                    }),
+                },
+                Err(error) => {
+                    let not_active = matches!(
+                        &error,
+                        EngineError::Refused(refusal) if refusal.code == ErrorCode::LeaseNotActive
+                    );
+                    let info = not_active
+                        .then(|| lease_info_at(engine, &lease, now))
+                        .flatten();
+                    Err(LeaseFailure { error, info })
+                }
+            };
+            let _ = reply.send(answer);
+        }
+        Request::LeaseStatus {
+            lease,
+            caller,
+            reply,
+        } => {
+            let visible = match (&caller, engine.lease_owner(&lease)) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(caller), Some(owner)) => caller == owner,
+            };
+            let answer = visible
+                .then(|| lease_info_at(engine, &lease, now))
+                .flatten()
+                .ok_or_else(|| unknown_lease(&lease));
+            let _ = reply.send(answer);
+        }
+        Request::Pool { reply } => {
+            let _ = reply.send(engine.pool_view());
         }
         Request::Events {
             account,

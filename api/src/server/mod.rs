@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
@@ -34,10 +34,10 @@ use axum::Router;
 use ledger::catalog::Catalog;
 use ledger::decide::Context;
 use ledger::log::sqlite::SqliteLog;
-use scheduler::Engine;
+use scheduler::{Engine, NodeSpec, Pool};
 use tokio::sync::oneshot;
 
-pub use engine_task::{system_clock, Clock, ENGINE_QUEUE_CAPACITY};
+pub use engine_task::{system_clock, Clock, DEFAULT_TIMER_POLL, ENGINE_QUEUE_CAPACITY};
 
 use auth::TokenStore;
 use engine_task::EngineHandle;
@@ -46,6 +46,9 @@ use engine_task::EngineHandle;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./dcu-data";
+/// Without `--pool`: this many nodes of [`DEFAULT_POOL_CARDS`] cards for each model.
+pub const DEFAULT_POOL_NODES: usize = 4;
+pub const DEFAULT_POOL_CARDS: u32 = 8;
 
 /// How to run a server.
 pub struct ServeOptions {
@@ -57,6 +60,12 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// `now` for commands; the engine never lets it go backwards.
     pub clock: Clock,
+    /// M4: a JSON file `[{"node", "model", "cards"}]`, in placement order; default:
+    /// [`DEFAULT_POOL_NODES`] × [`DEFAULT_POOL_CARDS`] cards of each catalog model.
+    pub pool: Option<PathBuf>,
+    /// The timer sleeps until the next deadline but at most this long (real time) before it
+    /// looks again; tests with a manual clock set it short.
+    pub timer_poll: Duration,
 }
 
 impl ServeOptions {
@@ -67,6 +76,8 @@ impl ServeOptions {
             catalog: None,
             admin_token: None,
             clock: system_clock(),
+            pool: None,
+            timer_poll: DEFAULT_TIMER_POLL,
         }
     }
 }
@@ -171,6 +182,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/accounts/{id}/storage", post(post_storage))
         .route("/v1/accounts/{id}/ban", post(post_ban))
         .route("/v1/accounts/{id}/tokens", post(post_token))
+        .route("/v1/accounts/{id}/leases", get(get_account_leases))
+        .route("/v1/leases", post(post_lease))
+        .route("/v1/leases/{id}", get(get_lease))
+        .route("/v1/leases/{id}/heartbeat", post(post_heartbeat))
+        .route("/v1/leases/{id}/release", post(post_release))
+        .route("/v1/leases/{id}/cancel", post(post_cancel))
+        .route("/v1/pool", get(get_pool))
         .route("/v1/catalog", get(get_catalog))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -215,18 +233,28 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     let admin = auth::admin_token(&dir, options.admin_token)?;
     let tokens = Arc::new(TokenStore::load(&dir, &admin)?);
     let catalog_json = serde_json::to_value(&catalog)?;
+    let pool = load_pool(options.pool.as_deref(), &catalog)?;
     let log = SqliteLog::open(&dir)?;
-    let engine = Engine::open(
+    let mut engine = Engine::open_with_pool(
         log,
         Context {
             catalog,
             ..Context::default()
         },
+        Some(pool),
     )
     .await?;
+    // What fell due while the server was down (TTL expiries, period ends) and queued leases
+    // that fit the free cards are appended, at their own instants, before the first request.
+    let now = (options.clock)().max(engine.clock());
+    engine.tick(now).await?;
     let metrics = Arc::new(Metrics::default());
-    let (engine, engine_task) =
-        engine_task::spawn(engine, options.clock, Arc::clone(&metrics.events_appended));
+    let (engine, engine_task) = engine_task::spawn(
+        engine,
+        options.clock,
+        Arc::clone(&metrics.events_appended),
+        options.timer_poll,
+    );
     let listener = tokio::net::TcpListener::bind(&options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
@@ -259,6 +287,30 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         shutdown: Some(shutdown_tx),
         task,
     })
+}
+
+/// M4: the pool from a `--pool` file (checked by `Pool::new`), or the default.
+fn load_pool(path: Option<&std::path::Path>, catalog: &Catalog) -> anyhow::Result<Pool> {
+    let models: Vec<&str> = catalog
+        .models
+        .iter()
+        .map(|model| model.id.as_str())
+        .collect();
+    let pool = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the pool {}", path.display()))?;
+            let specs: Vec<NodeSpec> = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "bad pool {}: expected [{{\"node\", \"model\", \"cards\"}}]",
+                    path.display()
+                )
+            })?;
+            Pool::new(&specs, &models).with_context(|| format!("bad pool {}", path.display()))?
+        }
+        None => Pool::uniform(&models, DEFAULT_POOL_NODES, DEFAULT_POOL_CARDS)?,
+    };
+    Ok(pool)
 }
 
 /// `dcu serve`: runs until SIGINT or SIGTERM, then shuts down gracefully.

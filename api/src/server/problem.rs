@@ -38,6 +38,22 @@ pub struct Problem {
     pub code: String,
     /// The same text as `detail`, under the name the scenario files use.
     pub message: String,
+    /// `lease_not_active`: the lease, its state (`queued`, `released`, `expired`, `revoked`,
+    /// `cancelled`) and its end reason, so the runner learns why it must stop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a lease problem adds to the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseProblem {
+    pub lease: String,
+    pub state: String,
+    pub reason: Option<String>,
 }
 
 /// An error answer: a status and a problem document.
@@ -46,6 +62,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    pub lease: Option<Box<LeaseProblem>>,
 }
 
 impl ApiError {
@@ -54,7 +71,14 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            lease: None,
         }
+    }
+
+    /// The same error, telling the lease's state and end reason.
+    pub fn with_lease(mut self, lease: LeaseProblem) -> Self {
+        self.lease = Some(Box::new(lease));
+        self
     }
 
     pub fn invalid(status: StatusCode, message: impl Into<String>) -> Self {
@@ -93,6 +117,9 @@ impl ApiError {
             detail: self.message.clone(),
             code: self.code.clone(),
             message: self.message.clone(),
+            lease: self.lease.as_ref().map(|lease| lease.lease.clone()),
+            state: self.lease.as_ref().map(|lease| lease.state.clone()),
+            reason: self.lease.as_ref().and_then(|lease| lease.reason.clone()),
         }
     }
 }

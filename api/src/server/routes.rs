@@ -7,15 +7,16 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ledger::clock::Timestamp;
-use ledger::decide::Command;
+use ledger::decide::{Command, ErrorCode, LeaseRequest};
+use projections::views::LeaseState;
 use scheduler::{Outcome, Target};
 use serde::de::DeserializeOwned;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::auth::Principal;
-use super::engine_task::Request as EngineRequest;
-use super::problem::{ApiError, Problem};
+use super::engine_task::{LeaseAnswer, LeaseFailure, LeaseInfo, Request as EngineRequest};
+use super::problem::{ApiError, LeaseProblem, Problem};
 use super::wire::*;
 use super::AppState;
 
@@ -392,6 +393,252 @@ pub async fn post_token(
     Ok((StatusCode::CREATED, Json(TokenBody { account: id, token })))
 }
 
+/// The `{id}` of a lease path.
+pub struct LeaseId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for LeaseId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| LeaseId(id))
+            .map_err(|rejection: PathRejection| {
+                ApiError::invalid(StatusCode::BAD_REQUEST, rejection.body_text())
+            })
+    }
+}
+
+/// The account an account token is limited to; `None` for the admin.
+fn caller_of(principal: &Principal) -> Option<String> {
+    match principal {
+        Principal::Admin => None,
+        Principal::Account(account) => Some(account.clone()),
+    }
+}
+
+fn lease_problem(failure: LeaseFailure) -> ApiError {
+    let error = ApiError::from(failure.error);
+    match failure.info {
+        Some(info) if error.code == ErrorCode::LeaseNotActive.as_str() => {
+            let state = serde_json::to_value(info.view.state)
+                .ok()
+                .and_then(|value| value.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let reason = info.view.reason.and_then(|reason| {
+                serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_string))
+            });
+            let message = format!("{}; the lease is {state}", error.message);
+            ApiError { message, ..error }.with_lease(LeaseProblem {
+                lease: info.view.lease,
+                state,
+                reason,
+            })
+        }
+        _ => error,
+    }
+}
+
+async fn lease_command(
+    state: &AppState,
+    principal: &Principal,
+    target: Target,
+    command: Command,
+) -> Result<LeaseAnswer, ApiError> {
+    let caller = caller_of(principal);
+    state
+        .engine
+        .call(|reply| EngineRequest::Lease {
+            target,
+            command,
+            caller,
+            reply,
+        })
+        .await?
+        .map_err(lease_problem)
+}
+
+fn lease_body(state: &AppState, info: LeaseInfo) -> Json<LeaseBody> {
+    Json(LeaseBody::of(info, state.engine.catalog()))
+}
+
+/// Request a lease (M1–M4; admin, or the account's own token). The lease id is the
+/// idempotency key: the same id again answers that lease's state (200).
+#[utoipa::path(post, path = "/v1/leases", tag = "leases",
+    request_body = LeaseRequestBody,
+    responses(
+        (status = 201, description = "granted: cards placed", body = LeaseBody),
+        (status = 202, description = "queued: waiting for cards (strict FIFO per model)", body = LeaseBody),
+        (status = 200, description = "this lease id exists: its state", body = LeaseBody),
+        (status = 404, description = "unknown_account", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "account_banned, no_current_period, storage_over_allowance, insufficient_credit, parallelism_exceeded", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request (bad shape, unknown model, lease id of another account), multi_card_not_supported", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn post_lease(
+    State(state): State<AppState>,
+    principal: Principal,
+    Body(request): Body<LeaseRequestBody>,
+) -> Result<(StatusCode, Json<LeaseBody>), ApiError> {
+    principal.require_reader(&request.account)?;
+    let command = Command::RequestLease(LeaseRequest {
+        lease: request.lease,
+        kind: request.kind,
+        model: request.model,
+        cards_per_worker: request.cards,
+        workers: request.workers,
+    });
+    let answer = lease_command(
+        &state,
+        &principal,
+        Target::Account(request.account),
+        command,
+    )
+    .await?;
+    let status = match (answer.existed, answer.info.view.state) {
+        (true, _) => StatusCode::OK,
+        (false, LeaseState::Queued) => StatusCode::ACCEPTED,
+        (false, _) => StatusCode::CREATED,
+    };
+    Ok((status, lease_body(&state, answer.info)))
+}
+
+/// Heartbeat a running lease (M6): meters it up to now and moves its expiry.
+#[utoipa::path(post, path = "/v1/leases/{id}/heartbeat", tag = "leases",
+    params(("id" = String, Path, description = "lease id")),
+    responses(
+        (status = 200, description = "still granted", body = LeaseBody),
+        (status = 404, description = "unknown_lease", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "lease_not_active: the problem's `state` and `reason` say why (queued, released, expired, revoked, cancelled)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn post_heartbeat(
+    State(state): State<AppState>,
+    principal: Principal,
+    LeaseId(id): LeaseId,
+) -> Result<Json<LeaseBody>, ApiError> {
+    let command = Command::Heartbeat { lease: id.clone() };
+    let answer = lease_command(&state, &principal, Target::Lease(id), command).await?;
+    Ok(lease_body(&state, answer.info))
+}
+
+/// Release a lease (end of job; M10: once, then it answers its final state). A queued
+/// lease is cancelled.
+#[utoipa::path(post, path = "/v1/leases/{id}/release", tag = "leases",
+    params(("id" = String, Path, description = "lease id")),
+    responses(
+        (status = 200, description = "its final state", body = LeaseBody),
+        (status = 404, description = "unknown_lease", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn post_release(
+    State(state): State<AppState>,
+    principal: Principal,
+    LeaseId(id): LeaseId,
+) -> Result<Json<LeaseBody>, ApiError> {
+    let command = Command::Release { lease: id.clone() };
+    let answer = lease_command(&state, &principal, Target::Lease(id), command).await?;
+    Ok(lease_body(&state, answer.info))
+}
+
+/// Cancel a lease: a queued one leaves its queue (`cancelled`); a running one is released
+/// (the same as `/release`).
+#[utoipa::path(post, path = "/v1/leases/{id}/cancel", tag = "leases",
+    params(("id" = String, Path, description = "lease id")),
+    responses(
+        (status = 200, description = "its final state", body = LeaseBody),
+        (status = 404, description = "unknown_lease", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn post_cancel(
+    state: State<AppState>,
+    principal: Principal,
+    id: LeaseId,
+) -> Result<Json<LeaseBody>, ApiError> {
+    post_release(state, principal, id).await
+}
+
+/// A lease's state (admin, or its account's token).
+#[utoipa::path(get, path = "/v1/leases/{id}", tag = "leases",
+    params(("id" = String, Path, description = "lease id")),
+    responses(
+        (status = 200, body = LeaseBody),
+        (status = 404, description = "unknown_lease", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_lease(
+    State(state): State<AppState>,
+    principal: Principal,
+    LeaseId(id): LeaseId,
+) -> Result<Json<LeaseBody>, ApiError> {
+    let caller = caller_of(&principal);
+    let info = state
+        .engine
+        .call(|reply| EngineRequest::LeaseStatus {
+            lease: id,
+            caller,
+            reply,
+        })
+        .await??;
+    Ok(lease_body(&state, info))
+}
+
+/// An account's leases, running, queued and ended, by lease id, paged (admin, or its own
+/// token).
+#[utoipa::path(get, path = "/v1/accounts/{id}/leases", tag = "leases",
+    params(("id" = String, Path, description = "account id"), LeasesQuery),
+    responses(
+        (status = 200, body = LeasesBody),
+        (status = 400, description = "invalid_request (after, limit)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "unknown_account", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_account_leases(
+    State(state): State<AppState>,
+    principal: Principal,
+    AccountId(id): AccountId,
+    Params(query): Params<LeasesQuery>,
+) -> Result<Json<LeasesBody>, ApiError> {
+    principal.require_reader(&id)?;
+    let limit = query.limit.unwrap_or(DEFAULT_LEASES_PAGE);
+    if limit == 0 || limit > MAX_LEASES_PAGE {
+        return Err(ApiError::invalid(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1 to {MAX_LEASES_PAGE}"),
+        ));
+    }
+    let page = state.engine.leases(&id, query.after.as_deref(), limit)?;
+    let catalog = state.engine.catalog();
+    Ok(Json(LeasesBody {
+        account: id,
+        leases: page
+            .leases
+            .into_iter()
+            .map(|info| LeaseBody::of(info, catalog))
+            .collect(),
+        next_after: page.next_after,
+    }))
+}
+
+/// The GPU pool: capacity, use and queue length per model, and every node (admin).
+#[utoipa::path(get, path = "/v1/pool", tag = "leases",
+    responses((status = 200, body = PoolBody)),
+    security(("bearer" = [])))]
+pub async fn get_pool(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<PoolBody>, ApiError> {
+    principal.require_admin()?;
+    let view = state
+        .engine
+        .call(|reply| EngineRequest::Pool { reply })
+        .await?
+        .ok_or_else(|| ApiError::internal("the server runs without a pool"))?;
+    Ok(Json(view.into()))
+}
+
 /// The catalog in force (any token).
 #[utoipa::path(get, path = "/v1/catalog", tag = "catalog",
     responses((status = 200, description = "the catalog (SPEC §2)", body = Object)),
@@ -465,7 +712,9 @@ impl Modify for BearerScheme {
 #[openapi(
     info(title = "dcu-ledger", description = "The billing core of a GPU cloud for students. See docs/api.md."),
     paths(open_account, get_account, post_order, get_balance, get_quota, get_events, post_usage,
-        post_login, post_storage, post_ban, post_token, get_catalog, healthz, metrics, openapi),
+        post_login, post_storage, post_ban, post_token, post_lease, post_heartbeat, post_release,
+        post_cancel, get_lease, get_account_leases, get_pool, get_catalog, healthz, metrics,
+        openapi),
     components(schemas(Problem)),
     modifiers(&BearerScheme)
 )]

@@ -2,10 +2,14 @@
 //! Amounts are decimal strings, instants RFC 3339, field names as in SPEC §11.
 
 use ledger::account::BucketState;
+use ledger::catalog::Catalog;
 use ledger::clock::Timestamp;
-use ledger::event::PurchaseEffect;
+use ledger::event::{JobKind, LeaseTerms, PurchaseEffect, RevokeReason};
 use ledger::Dcu;
-use projections::views::{BalanceView, BucketView, OrderView, QuotaView};
+use projections::views::{BalanceView, BucketView, LeaseState, OrderView, QuotaView};
+use scheduler::PoolView;
+
+use super::engine_task::LeaseInfo;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -248,4 +252,219 @@ pub struct EventsBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthBody {
     pub status: String,
+}
+
+/// Most leases one page of `GET /v1/accounts/{id}/leases` returns.
+pub const MAX_LEASES_PAGE: usize = 1_000;
+/// The page size when `limit` is not given.
+pub const DEFAULT_LEASES_PAGE: usize = 100;
+
+fn one() -> u32 {
+    1
+}
+
+/// M1, M2: a lease request. The lease id is the idempotency key (M10).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequestBody {
+    pub lease: String,
+    pub account: String,
+    /// `gpu_run`, `gpu_debug`, `run_shell` or `run_task`.
+    #[schema(value_type = String)]
+    pub kind: JobKind,
+    /// A catalog GPU model id.
+    pub model: String,
+    /// Cards per worker (≥ 1).
+    pub cards: u32,
+    /// ≥ 1; more than 1 only for `run_task`. Default 1.
+    #[serde(default = "one")]
+    pub workers: u32,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LeasesQuery {
+    /// Only leases whose id sorts after this one; default: from the first.
+    pub after: Option<String>,
+    /// 1 to 1000; default 100.
+    pub limit: Option<usize>,
+}
+
+/// One worker's cards (M4).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlacementBody {
+    pub node: String,
+    pub cards: u32,
+}
+
+/// What each card comes with (K3, from the catalog).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CardLimitsBody {
+    pub cpus: u32,
+    pub memory_gb: u32,
+}
+
+/// K3: what the job may use; beyond it the runner reports a quota error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimitsBody {
+    /// The lease's parallelism units (M2).
+    pub units: u32,
+    pub cpus_per_unit: u32,
+    pub scratch_gb_per_unit: u32,
+    /// `units × cpus_per_unit`.
+    pub cpus: u64,
+    /// `units × scratch_gb_per_unit`.
+    pub scratch_gb: u64,
+    pub per_card: CardLimitsBody,
+}
+
+impl LimitsBody {
+    pub fn of(terms: &LeaseTerms, catalog: &Catalog) -> Option<LimitsBody> {
+        let model = catalog.model(&terms.model)?;
+        Some(LimitsBody {
+            units: terms.units,
+            cpus_per_unit: catalog.cpus_per_unit,
+            scratch_gb_per_unit: catalog.scratch_gb_per_unit,
+            cpus: u64::from(terms.units) * u64::from(catalog.cpus_per_unit),
+            scratch_gb: u64::from(terms.units) * u64::from(catalog.scratch_gb_per_unit),
+            per_card: CardLimitsBody {
+                cpus: model.cpus_per_card,
+                memory_gb: model.memory_gb_per_card,
+            },
+        })
+    }
+}
+
+/// A lease: its state and, while it runs, where its cards are and what it may use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeaseBody {
+    pub lease: String,
+    pub account: String,
+    /// `granted`, `queued`, `released`, `expired`, `revoked` or `cancelled`.
+    #[schema(value_type = String)]
+    pub state: LeaseState,
+    /// Why it ended (`credit_exhausted`, `plan_expired`, `account_banned`, or the M3 code
+    /// that cancelled it in the queue); null otherwise.
+    #[schema(value_type = Option<String>)]
+    pub reason: Option<RevokeReason>,
+    /// Total charged so far (live while it runs, D4).
+    #[schema(value_type = String)]
+    pub charged: Dcu,
+    #[schema(value_type = Option<String>)]
+    pub kind: Option<JobKind>,
+    pub model: Option<String>,
+    /// Cards per worker, workers, cards and units: known while granted or queued.
+    pub cards_per_worker: Option<u32>,
+    pub workers: Option<u32>,
+    pub cards: Option<u32>,
+    pub units: Option<u32>,
+    /// M4: the nodes and cards of a granted lease (empty otherwise).
+    pub placement: Vec<PlacementBody>,
+    /// K3: set while granted (and while queued, for what it will get).
+    pub limits: Option<LimitsBody>,
+    /// M6: heartbeat before this instant or the lease expires (null when TTL is off).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub granted_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_heartbeat_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub queued_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub ended_at: Option<Timestamp>,
+}
+
+impl LeaseBody {
+    pub fn of(info: LeaseInfo, catalog: &Catalog) -> LeaseBody {
+        let terms = info.terms.as_ref();
+        LeaseBody {
+            limits: terms.and_then(|terms| LimitsBody::of(terms, catalog)),
+            cards_per_worker: terms.map(|terms| terms.cards_per_worker),
+            workers: terms.map(|terms| terms.workers),
+            cards: terms.map(|terms| terms.cards),
+            units: terms.map(|terms| terms.units),
+            lease: info.view.lease,
+            account: info.view.account,
+            state: info.view.state,
+            reason: info.view.reason,
+            charged: info.view.charged,
+            kind: info.kind,
+            model: info.model,
+            placement: info
+                .view
+                .placement
+                .into_iter()
+                .map(|placement| PlacementBody {
+                    node: placement.node,
+                    cards: placement.cards,
+                })
+                .collect(),
+            expires_at: info.expires_at,
+            granted_at: info.granted_at,
+            last_heartbeat_at: info.last_heartbeat_at,
+            queued_at: info.queued_at,
+            ended_at: info.ended_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeasesBody {
+    pub account: String,
+    pub leases: Vec<LeaseBody>,
+    /// Pass as `after` for the next page; null when this page was not full.
+    pub next_after: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolModelBody {
+    pub model: String,
+    pub cards: u32,
+    pub free: u32,
+    /// Leases waiting in this model's FIFO queue.
+    pub queued: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolNodeBody {
+    pub node: String,
+    pub model: String,
+    pub cards: u32,
+    pub free: u32,
+}
+
+/// M4: capacity, use and queue lengths per model, and every node in placement order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolBody {
+    pub models: Vec<PoolModelBody>,
+    pub nodes: Vec<PoolNodeBody>,
+}
+
+impl From<PoolView> for PoolBody {
+    fn from(view: PoolView) -> Self {
+        PoolBody {
+            models: view
+                .models
+                .into_iter()
+                .map(|model| PoolModelBody {
+                    model: model.cards.model,
+                    cards: model.cards.cards,
+                    free: model.cards.free,
+                    queued: model.queued,
+                })
+                .collect(),
+            nodes: view
+                .nodes
+                .into_iter()
+                .map(|node| PoolNodeBody {
+                    node: node.node,
+                    model: node.model,
+                    cards: node.cards,
+                    free: node.free,
+                })
+                .collect(),
+        }
+    }
 }

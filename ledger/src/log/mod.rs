@@ -8,6 +8,9 @@
 //! The log stores events as opaque records (type name, version, JSON payload); it knows
 //! nothing of the domain. Decoding into `crate::event::Event` happens above it.
 
+pub mod conformance;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrentdb;
 pub mod sqlite;
 
 use std::future::Future;

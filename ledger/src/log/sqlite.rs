@@ -11,6 +11,24 @@
 //! reused, so it only grows, from 1), the event id is `UNIQUE`, and `UNIQUE(stream, revision)`
 //! backs the per-stream order. `PRAGMA user_version` holds the schema version.
 //!
+//! # Tamper evidence (schema version 2)
+//!
+//! Each row carries two SHA-256 chain links, computed by the writer at insert, inside the
+//! same transaction:
+//!
+//! - `stream_hash` = SHA-256(previous `stream_hash` of the same stream, or 32 zero bytes ‖
+//!   id (16 bytes) ‖ stream ‖ revision ‖ type ‖ version ‖ data), where `revision` is 8 bytes
+//!   and `version` 4 bytes big-endian, and each variable-length field (stream, type, data) is
+//!   preceded by its length as 8 bytes big-endian (so no two rows hash alike by shifting
+//!   bytes between fields);
+//! - `log_hash` = SHA-256(previous row's `log_hash` in position order, or zeros ‖ position
+//!   (8 bytes big-endian) ‖ `stream_hash`).
+//!
+//! [`verify_chain`] walks the whole log and names the first row whose links do not hold
+//! (an edited byte, a deleted or swapped row, a revision gap). Removing rows from the very
+//! end of the log cannot be seen by the chain alone; compare the last `log_hash` with one kept
+//! elsewhere for that.
+//!
 //! # Writing
 //!
 //! One dedicated thread owns the only write connection. Appends reach it through a bounded
@@ -61,6 +79,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -74,7 +93,7 @@ pub const DB_FILE_NAME: &str = "events.db";
 
 /// Version of the schema this code writes (`PRAGMA user_version`). A database with a higher
 /// version was written by a newer release and is refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Capacity of the channel from appenders to the writer thread. It bounds the memory queued
 /// appends can hold when the disk falls behind: a full queue makes `append` wait (back
@@ -109,18 +128,197 @@ const SUBSCRIPTION_PAGE: usize = 1_000;
 /// How long a connection waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const SCHEMA_V1: &str = "
+const SCHEMA_V2: &str = "
 CREATE TABLE events (
-    position   INTEGER PRIMARY KEY AUTOINCREMENT,
-    id         BLOB    NOT NULL UNIQUE CHECK (length(id) = 16),
-    stream     TEXT    NOT NULL CHECK (length(stream) > 0),
-    revision   INTEGER NOT NULL CHECK (revision >= 0),
-    event_type TEXT    NOT NULL,
-    version    INTEGER NOT NULL CHECK (version >= 0),
-    data       BLOB    NOT NULL,
+    position    INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          BLOB    NOT NULL UNIQUE CHECK (length(id) = 16),
+    stream      TEXT    NOT NULL CHECK (length(stream) > 0),
+    revision    INTEGER NOT NULL CHECK (revision >= 0),
+    event_type  TEXT    NOT NULL,
+    version     INTEGER NOT NULL CHECK (version >= 0),
+    data        BLOB    NOT NULL,
+    stream_hash BLOB    NOT NULL DEFAULT (zeroblob(32)) CHECK (length(stream_hash) = 32),
+    log_hash    BLOB    NOT NULL DEFAULT (zeroblob(32)) CHECK (length(log_hash) = 32),
     UNIQUE (stream, revision)
 ) STRICT;
 ";
+
+/// A SHA-256 chain link.
+pub type Hash = [u8; 32];
+
+/// The link before the first one.
+pub const ZERO_HASH: Hash = [0; 32];
+
+/// `stream_hash` of a row (see the module documentation).
+pub fn stream_hash(
+    previous: &Hash,
+    id: &Uuid,
+    stream: &str,
+    revision: u64,
+    event_type: &str,
+    version: u32,
+    data: &[u8],
+) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(id.as_bytes());
+    hasher.update((stream.len() as u64).to_be_bytes());
+    hasher.update(stream.as_bytes());
+    hasher.update(revision.to_be_bytes());
+    hasher.update((event_type.len() as u64).to_be_bytes());
+    hasher.update(event_type.as_bytes());
+    hasher.update(version.to_be_bytes());
+    hasher.update((data.len() as u64).to_be_bytes());
+    hasher.update(data);
+    hasher.finalize().into()
+}
+
+/// `log_hash` of a row (see the module documentation).
+pub fn log_hash(previous: &Hash, position: u64, stream_hash: &Hash) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(position.to_be_bytes());
+    hasher.update(stream_hash);
+    hasher.finalize().into()
+}
+
+/// The first row whose chain links do not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenLink {
+    pub position: u64,
+    pub stream: String,
+    pub revision: u64,
+    pub reason: String,
+}
+
+/// What [`verify_chain`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Rows checked (up to and including the broken one).
+    pub events: u64,
+    pub streams: u64,
+    /// The last row's `log_hash` (hex), when the chain holds.
+    pub head: Option<String>,
+    pub broken: Option<BrokenLink>,
+}
+
+fn hex(hash: &[u8]) -> String {
+    hash.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Checks every link of the log in `dir` (read only) and names the first broken row.
+pub fn verify_chain(dir: &Path) -> Result<ChainReport, LogError> {
+    let path = dir.join(DB_FILE_NAME);
+    if !path.exists() {
+        return Err(LogError::Storage(format!(
+            "no event log at {}",
+            path.display()
+        )));
+    }
+    let conn = open_reader_connection(&path)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql_storage)?;
+    if version != SCHEMA_VERSION {
+        return Err(LogError::Storage(format!(
+            "the event log has schema version {version}; only version {SCHEMA_VERSION} carries hash chains"
+        )));
+    }
+    let mut statement = conn
+        .prepare(
+            "SELECT position, id, stream, revision, event_type, version, data, stream_hash, \
+             log_hash FROM events ORDER BY position",
+        )
+        .map_err(sql_storage)?;
+    let mut rows = statement.query([]).map_err(sql_storage)?;
+    let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
+    let mut previous_log = ZERO_HASH;
+    let mut events = 0_u64;
+    while let Some(row) = rows.next().map_err(sql_storage)? {
+        events += 1;
+        let position: u64 = row.get(0).map_err(sql_storage)?;
+        let stream: String = row.get(2).map_err(sql_storage)?;
+        let revision: u64 = row.get(3).map_err(sql_storage)?;
+        let broken = |reason: String| BrokenLink {
+            position,
+            stream: stream.clone(),
+            revision,
+            reason,
+        };
+        let fields = (|| -> rusqlite::Result<_> {
+            let id: Vec<u8> = row.get(1)?;
+            let event_type: String = row.get(4)?;
+            let version: u32 = row.get(5)?;
+            let data: Vec<u8> = row.get(6)?;
+            let stored_stream: Vec<u8> = row.get(7)?;
+            let stored_log: Vec<u8> = row.get(8)?;
+            Ok((id, event_type, version, data, stored_stream, stored_log))
+        })();
+        let (id, event_type, version, data, stored_stream, stored_log) = match fields {
+            Ok(fields) => fields,
+            Err(e) => {
+                return Ok(ChainReport {
+                    events,
+                    streams: heads.len() as u64,
+                    head: None,
+                    broken: Some(broken(format!("unreadable row: {e}"))),
+                })
+            }
+        };
+        let (expected_revision, previous_stream) = match heads.get(&stream) {
+            Some((last, hash)) => (last.saturating_add(1), *hash),
+            None => (0, ZERO_HASH),
+        };
+        let mut problem = None;
+        if revision != expected_revision {
+            problem = Some(format!(
+                "revision {revision} follows revision {} of its stream (a row is missing or moved)",
+                expected_revision as i128 - 1
+            ));
+        }
+        let id = Uuid::from_slice(&id).unwrap_or_default();
+        let computed_stream = stream_hash(
+            &previous_stream,
+            &id,
+            &stream,
+            revision,
+            &event_type,
+            version,
+            &data,
+        );
+        if problem.is_none() && stored_stream != computed_stream {
+            problem = Some(
+                "stream_hash does not match the row's content and its stream's previous link \
+                 (the row was edited, or a row before it in its stream was)"
+                    .to_owned(),
+            );
+        }
+        let computed_log = log_hash(&previous_log, position, &computed_stream);
+        if problem.is_none() && stored_log != computed_log {
+            problem = Some(
+                "log_hash does not follow from the previous row's log_hash (a row before it was \
+                 deleted, inserted or changed)"
+                    .to_owned(),
+            );
+        }
+        if let Some(reason) = problem {
+            return Ok(ChainReport {
+                events,
+                streams: heads.len() as u64,
+                head: None,
+                broken: Some(broken(reason)),
+            });
+        }
+        heads.insert(stream, (revision, computed_stream));
+        previous_log = computed_log;
+    }
+    Ok(ChainReport {
+        events,
+        streams: heads.len() as u64,
+        head: (events > 0).then(|| hex(&previous_log)),
+        broken: None,
+    })
+}
 
 const SELECT_EVENT: &str =
     "SELECT position, id, stream, revision, event_type, version, data FROM events";
@@ -480,11 +678,32 @@ fn migrate(conn: &mut Connection) -> Result<(), LogError> {
         .map_err(sql_storage)?;
     match version {
         0 => {
-            tx.execute_batch(SCHEMA_V1).map_err(sql_storage)?;
+            let tables: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(sql_storage)?;
+            if tables > 0 {
+                return Err(LogError::Storage(
+                    "the database has an events table but no schema version: refusing to guess"
+                        .to_owned(),
+                ));
+            }
+            tx.execute_batch(SCHEMA_V2).map_err(sql_storage)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(sql_storage)?;
         }
         SCHEMA_VERSION => {}
+        1 => {
+            return Err(LogError::Storage(
+                "the event log has schema version 1 (no hash chains); this build writes version 2 \
+                 and does not migrate it: start from a fresh data directory (no deployed data \
+                 predates version 2)"
+                    .to_owned(),
+            ));
+        }
         other => {
             return Err(LogError::Storage(format!(
                 "the event log has schema version {other}; this build knows versions up to {SCHEMA_VERSION}"
@@ -896,22 +1115,62 @@ impl Writer {
             })?,
             None => 0,
         };
+        // The chain links: read inside this savepoint, so they see what the batch wrote.
+        let mut previous_stream: Hash = match head {
+            Some(_) => self
+                .conn
+                .prepare_cached(
+                    "SELECT stream_hash FROM events WHERE stream = ?1 \
+                     ORDER BY revision DESC LIMIT 1",
+                )?
+                .query_row(params![stream], |r| r.get::<_, [u8; 32]>(0))
+                .optional()?
+                .unwrap_or(ZERO_HASH),
+            None => ZERO_HASH,
+        };
+        let (mut previous_log, mut position): (Hash, u64) = self
+            .conn
+            .prepare_cached("SELECT log_hash, position FROM events ORDER BY position DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get::<_, [u8; 32]>(0)?, r.get::<_, u64>(1)?)))
+            .optional()?
+            .unwrap_or((ZERO_HASH, 0));
+        // AUTOINCREMENT never reuses a position, even of a deleted last row.
+        let sequence: Option<u64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        position = position.max(sequence.unwrap_or(0));
         let mut statement = self.conn.prepare_cached(
-            "INSERT INTO events (id, stream, revision, event_type, version, data) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO events (position, id, stream, revision, event_type, version, data, \
+             stream_hash, log_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         let mut last = None;
         for event in &request.events {
+            position = position.saturating_add(1);
+            let linked = stream_hash(
+                &previous_stream,
+                &event.id,
+                stream,
+                revision,
+                &event.event_type,
+                event.version,
+                &event.data,
+            );
+            let logged = log_hash(&previous_log, position, &linked);
             statement.execute(params![
+                position,
                 event.id.as_bytes(),
                 stream,
                 revision,
                 event.event_type,
                 event.version,
                 event.data,
+                linked,
+                logged,
             ])?;
-            let position = u64::try_from(self.conn.last_insert_rowid())
-                .map_err(|_| Attempt::Refused(LogError::Storage("negative position".to_owned())))?;
+            previous_stream = linked;
+            previous_log = logged;
             last = Some(Head { revision, position });
             revision = revision.saturating_add(1);
         }
