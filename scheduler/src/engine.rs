@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use crate::pool::{ModelUse, Pool};
 
-/// How often a conflicting append is retried after reloading the stream. Only a second
-/// writer causes conflicts; a few retries absorb a race, more would hide a bug.
-const MAX_APPEND_ATTEMPTS: usize = 3;
+/// Most commands one batch carries: one group commit for all of them. A batch waits for its
+/// slowest append, so a bound keeps the first caller's wait short.
+pub const MAX_BATCH_COMMANDS: usize = 1_024;
 
 /// Most deadlines one `tick` handles before it returns; the caller ticks again. Keeps one
 /// call from holding the engine for long after a long downtime.
@@ -33,6 +33,10 @@ pub enum EngineError {
     Log(#[from] LogError),
     #[error("the log holds an event this build cannot read at position {position}: {message}")]
     Corrupt { position: u64, message: String },
+    /// An append failed after its events were folded into memory: the engine stops (fail
+    /// stop) rather than serve a state the log does not hold. A restart reloads the log.
+    #[error("the engine stopped after an append failed ({0}); restart it to reload the log")]
+    Stopped(String),
 }
 
 /// Who a command is addressed to.
@@ -115,6 +119,19 @@ pub struct Engine<L: EventLog> {
     cards_freed: bool,
     clock: Timestamp,
     events_appended: u64,
+    /// Events folded into memory and not yet durable, per account in staging order; one
+    /// `flush` appends them all at once, so they share a group commit.
+    pending: Vec<Pending>,
+    pending_of: HashMap<String, usize>,
+    /// Set when a flush failed: every later call answers `EngineError::Stopped`.
+    stopped: Option<String>,
+}
+
+struct Pending {
+    account: String,
+    /// The stream's revision before the first staged event.
+    expected: Option<u64>,
+    events: Vec<Event>,
 }
 
 fn stream_of(account: &str) -> String {
@@ -170,6 +187,9 @@ impl<L: EventLog> Engine<L> {
             cards_freed: false,
             clock: Timestamp::default(),
             events_appended: 0,
+            pending: Vec::new(),
+            pending_of: HashMap::new(),
+            stopped: None,
         };
         let mut queued_order: Vec<(String, String, String)> = Vec::new();
         let mut after = 0;
@@ -301,6 +321,13 @@ impl<L: EventLog> Engine<L> {
     /// first, granting queued leases (M4) as cards come back. Returns how many deadlines it
     /// handled; the timer of `dcu serve` and every command call it.
     pub async fn tick(&mut self, now: Timestamp) -> Result<usize, EngineError> {
+        self.check_running()?;
+        let handled = self.tick_staged(now);
+        self.flush().await?;
+        handled.map_err(EngineError::from)
+    }
+
+    fn tick_staged(&mut self, now: Timestamp) -> Result<usize, Refusal> {
         self.check_time(now)?;
         let mut handled = 0;
         while handled < MAX_DEADLINES_PER_TICK {
@@ -312,48 +339,46 @@ impl<L: EventLog> Engine<L> {
             }
             handled += 1;
             self.clock = self.clock.max(instant);
-            self.run_due(&account, instant).await?;
-            self.grant_waiting(instant).await?;
+            self.run_due(&account, instant);
+            self.grant_waiting(instant);
         }
         self.clock = self.clock.max(now);
-        self.grant_waiting(now).await?;
+        self.grant_waiting(now);
         Ok(handled)
     }
 
-    /// Appends an account's due events up to `now` (nothing if none are due).
-    async fn run_due(&mut self, account: &str, now: Timestamp) -> Result<(), EngineError> {
+    /// Stages an account's due events up to `now` (nothing if none are due).
+    fn run_due(&mut self, account: &str, now: Timestamp) {
         let Some(slot) = self.accounts.get(account) else {
-            return Ok(());
+            return;
         };
         let events = due::due(&slot.state, now);
         if events.is_empty() {
             // Nothing was due after all: forget the deadline until the state changes.
             self.forget_deadline(account);
-            return Ok(());
+            return;
         }
-        let revision = slot.revision;
-        self.append(account, revision, &events).await
+        self.stage(account, &events);
     }
 
     /// M4: grants queued leases, first in line first per model, while cards allow. A lease
     /// whose turn came but that no longer passes admission is cancelled with that code.
-    async fn grant_waiting(&mut self, now: Timestamp) -> Result<(), EngineError> {
+    fn grant_waiting(&mut self, now: Timestamp) {
         while std::mem::take(&mut self.cards_freed) {
             let models: Vec<String> = self.queues.keys().cloned().collect();
             for model in models {
-                self.grant_model(&model, now).await?;
+                self.grant_model(&model, now);
             }
         }
-        Ok(())
     }
 
-    async fn grant_model(&mut self, model: &str, now: Timestamp) -> Result<(), EngineError> {
+    fn grant_model(&mut self, model: &str, now: Timestamp) {
         loop {
             let Some((lease, account)) = self.queues.get(model).and_then(|q| q.front()).cloned()
             else {
-                return Ok(());
+                return;
             };
-            self.run_due(&account, now).await?;
+            self.run_due(&account, now);
             let Some(slot) = self.accounts.get(&account) else {
                 self.drop_from_queue(model, &lease);
                 continue;
@@ -366,15 +391,13 @@ impl<L: EventLog> Engine<L> {
                 Ok(terms) => {
                     match self.place(&terms.model, terms.cards_per_worker, terms.workers) {
                         Some(placement) => placement,
-                        None => return Ok(()),
+                        None => return,
                     }
                 }
                 Err(_) => Vec::new(),
             };
             let event = decide::grant_queued(&slot.state, &self.context, &lease, placement, now);
-            let revision = slot.revision;
-            self.append(&account, revision, std::slice::from_ref(&event))
-                .await?;
+            self.stage(&account, std::slice::from_ref(&event));
         }
     }
 
@@ -449,36 +472,85 @@ impl<L: EventLog> Engine<L> {
         }
     }
 
+    fn check_running(&self) -> Result<(), EngineError> {
+        match &self.stopped {
+            Some(reason) => Err(EngineError::Stopped(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Carries out a command at `now`: everything due up to `now` first (all accounts, in
     /// time order), then the command's events, appended with its account's due events.
+    /// Answers once they are durable.
     pub async fn execute(
         &mut self,
         target: Target,
         command: Command,
         now: Timestamp,
     ) -> Result<Outcome, EngineError> {
-        self.tick(now).await?;
-        let account = self.route(&target, &command)?;
-        decide::check_id("account", &account)?;
-        let mut attempts = 0;
-        let result = loop {
-            attempts += 1;
-            match self.try_execute(&account, &command, now).await {
-                Err(EngineError::Log(LogError::Conflict { .. }))
-                    if attempts < MAX_APPEND_ATTEMPTS =>
-                {
-                    self.reload(&account).await?;
-                }
-                result => break result,
-            }
-        };
-        // What the command itself made due at `now` (its charge exhausting the credit, say)
-        // is appended at once, not at the next command.
-        self.tick(now).await?;
+        self.check_running()?;
+        let result = self.execute_staged(&target, &command, now);
+        self.flush().await?;
         result
     }
 
-    async fn try_execute(
+    /// Carries out many commands, in order, as `execute` would one after another, but with
+    /// one group commit for all their events: each answer is given only once every event of
+    /// the batch is durable. If that fails, every command that had been carried out answers
+    /// the failure (refusals stay refusals) and the engine stops.
+    pub async fn execute_batch(
+        &mut self,
+        commands: Vec<(Target, Command, Timestamp)>,
+    ) -> Vec<Result<Outcome, EngineError>> {
+        if let Err(error) = self.check_running() {
+            return commands
+                .iter()
+                .map(|_| Err(EngineError::Stopped(error.to_string())))
+                .collect();
+        }
+        let mut results: Vec<Result<Outcome, EngineError>> = commands
+            .iter()
+            .take(MAX_BATCH_COMMANDS)
+            .map(|(target, command, now)| self.execute_staged(target, command, *now))
+            .collect();
+        results.extend(commands.iter().skip(MAX_BATCH_COMMANDS).map(|_| {
+            Err(Refusal::invalid(format!(
+                "a batch holds at most {MAX_BATCH_COMMANDS} commands"
+            ))
+            .into())
+        }));
+        if let Err(error) = self.flush().await {
+            let failure = error.to_string();
+            for result in &mut results {
+                if result.is_ok() {
+                    *result = Err(EngineError::Stopped(failure.clone()));
+                }
+            }
+        }
+        results
+    }
+
+    /// Decides a command and folds its events into memory at once (the next command sees
+    /// them); nothing is durable, and no answer may be given, until `commit`. For callers
+    /// that batch commands themselves (the server's engine task).
+    pub fn execute_staged(
+        &mut self,
+        target: &Target,
+        command: &Command,
+        now: Timestamp,
+    ) -> Result<Outcome, EngineError> {
+        self.check_running()?;
+        self.tick_staged(now)?;
+        let account = self.route(target, command)?;
+        decide::check_id("account", &account)?;
+        let result = self.try_execute(&account, command, now);
+        // What the command itself made due at `now` (its charge exhausting the credit, say)
+        // is appended with it, not at the next command.
+        self.tick_staged(now)?;
+        result
+    }
+
+    fn try_execute(
         &mut self,
         account: &str,
         command: &Command,
@@ -489,7 +561,6 @@ impl<L: EventLog> Engine<L> {
             revision: None,
         };
         let slot = self.accounts.get(account).unwrap_or(&empty);
-        let revision = slot.revision;
         let mut events = due::due(&slot.state, now);
         // The common case has nothing due: decide on the cached state itself, with no copy
         // (an account's state grows with its history; copying it per command would not).
@@ -509,7 +580,7 @@ impl<L: EventLog> Engine<L> {
             events.extend(decided.iter().cloned());
         }
         if !events.is_empty() {
-            self.append(account, revision, &events).await?;
+            self.stage(account, &events);
         }
         decided?;
         self.outcome(account, command, now)
@@ -536,31 +607,76 @@ impl<L: EventLog> Engine<L> {
         decide::place_lease(state, &self.context, request, placement, now)
     }
 
-    /// Appends an account's events with its revision as the expected one; only once they
-    /// are durable are they folded into the cached state, and the indexes, the pool, the
-    /// queues and the deadline follow.
-    async fn append(
-        &mut self,
-        account: &str,
-        revision: Option<u64>,
-        events: &[Event],
-    ) -> Result<(), EngineError> {
-        let expected = revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
-        let records = events.iter().map(encode).collect();
-        let outcome = self
-            .log
-            .append(&stream_of(account), expected, records)
-            .await?;
+    /// Folds an account's events into memory at once (so the next command sees them) and
+    /// keeps them for the next `flush`; the indexes, the pool, the queues and the deadline
+    /// follow.
+    fn stage(&mut self, account: &str, events: &[Event]) {
+        let expected = self.accounts.get(account).and_then(|slot| slot.revision);
+        let index = *self
+            .pending_of
+            .entry(account.to_string())
+            .or_insert_with(|| {
+                self.pending.push(Pending {
+                    account: account.to_string(),
+                    expected,
+                    events: Vec::new(),
+                });
+                self.pending.len() - 1
+            });
+        self.pending[index].events.extend(events.iter().cloned());
         for event in events {
             let freed = self.freed_placement(account, event);
             let slot = self.slot_mut(account);
             slot.state.evolve(event);
-            slot.revision = Some(outcome.last_revision);
+            slot.revision = Some(slot.revision.map_or(0, |revision| revision + 1));
             self.index(account, event);
             self.follow_pool(account, freed, event);
         }
         self.events_appended += events.len() as u64;
         self.reschedule(account);
+    }
+
+    /// Makes every staged command durable (see `flush`); after an error the engine stops.
+    pub async fn commit(&mut self) -> Result<(), EngineError> {
+        self.check_running()?;
+        self.flush().await
+    }
+
+    /// Appends everything staged, one append per account, all at once: the log's writer
+    /// commits them together. Each append carries the stream's revision before its events
+    /// as the expected revision, so a second writer can never slip in unnoticed; if any
+    /// append fails the engine stops.
+    async fn flush(&mut self) -> Result<(), EngineError> {
+        self.pending_of.clear();
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let log = &self.log;
+        let appends = pending.iter().map(|staged| {
+            let expected = staged
+                .expected
+                .map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+            let records = staged.events.iter().map(encode).collect();
+            let stream = stream_of(&staged.account);
+            async move { log.append(&stream, expected, records).await }
+        });
+        let outcomes = futures_util::future::join_all(appends).await;
+        for (staged, outcome) in pending.iter().zip(outcomes) {
+            match outcome {
+                Ok(outcome) => debug_assert_eq!(
+                    Some(outcome.last_revision),
+                    self.accounts
+                        .get(&staged.account)
+                        .and_then(|slot| slot.revision),
+                    "revisions only grow, one per event"
+                ),
+                Err(error) => {
+                    self.stopped = Some(error.to_string());
+                    return Err(error.into());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -609,28 +725,6 @@ impl<L: EventLog> Engine<L> {
             },
             _ => {}
         }
-    }
-
-    /// Folds what another writer appended since our last read.
-    async fn reload(&mut self, account: &str) -> Result<(), EngineError> {
-        let from = self
-            .accounts
-            .get(account)
-            .and_then(|slot| slot.revision)
-            .map_or(0, |revision| revision + 1);
-        let page = self
-            .log
-            .read_stream(&stream_of(account), from, MAX_READ_COUNT)
-            .await?;
-        for recorded in &page {
-            let event = decode(recorded)?;
-            let slot = self.slot_mut(account);
-            slot.state.evolve(&event);
-            slot.revision = Some(recorded.revision);
-            self.index(account, &event);
-        }
-        self.reschedule(account);
-        Ok(())
     }
 
     fn lease_outcome(
