@@ -5,7 +5,6 @@ use ledger::clock::Timestamp;
 use ledger::decide::{Command, Context, LeaseRequest};
 use ledger::event::JobKind;
 use ledger::log::sqlite::SqliteLog;
-use ledger::log::EventLog;
 use scheduler::{Engine, EngineError, Outcome, Pool, Target};
 
 fn at(seconds: i64) -> Timestamp {
