@@ -184,6 +184,12 @@ pub fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
     }
 }
 
+/// A reason (a price's, a ban's) is kept in the log and shown to people: at most
+/// `MAX_REASON_LEN` bytes, and no control characters.
+fn reason_is_fine(reason: &str) -> bool {
+    reason.len() <= MAX_REASON_LEN && !reason.chars().any(char::is_control)
+}
+
 /// The events a command produces at `now`, given the state after the due events.
 pub fn decide(
     state: &AccountState,
@@ -359,13 +365,16 @@ fn payment(
     let reason = price_reason
         .map(str::trim)
         .filter(|reason| !reason.is_empty());
-    if reason.is_some_and(|reason| reason.len() > MAX_REASON_LEN) {
+    if reason.is_some_and(|reason| !reason_is_fine(reason)) {
         return Err(Refusal::invalid(format!(
-            "price_reason over {MAX_REASON_LEN} bytes"
+            "price_reason must be at most {MAX_REASON_LEN} bytes without control characters"
         )));
     }
     let price = price_cny.unwrap_or(list_price_cny);
-    if price.is_sign_negative() || price.scale() > 2 || price > Decimal::from(1_000_000_000) {
+    if price.is_sign_negative()
+        || price.normalize().scale() > 2
+        || price > Decimal::from(1_000_000_000)
+    {
         return Err(Refusal::invalid(
             "price_cny must be between 0 and 1e9 CNY with at most 2 decimals",
         ));
@@ -510,9 +519,9 @@ fn ban(state: &AccountState, reason: &str, now: Timestamp) -> Result<Vec<Event>,
     if state.banned {
         return Ok(Vec::new());
     }
-    if reason.len() > MAX_REASON_LEN {
+    if !reason_is_fine(reason) {
         return Err(Refusal::invalid(format!(
-            "reason over {MAX_REASON_LEN} bytes"
+            "reason must be at most {MAX_REASON_LEN} bytes without control characters"
         )));
     }
     let mut emitter = Emitter::new(state.clone());

@@ -569,3 +569,24 @@ fn r_i3_replaying_the_recorded_events_gives_the_live_state() {
     let replayed = AccountState::replay("stu", &world.log);
     assert_eq!(replayed, world.state);
 }
+
+#[test]
+fn r_p6_prices_compare_by_value_and_reasons_refuse_control_characters() {
+    let mut world = World::new();
+    let priced = |order: &str, price: &str, reason: &str| Command::Buy {
+        order: order.into(),
+        plan: "trial".into(),
+        price_cny: Some(price.parse().expect("decimal")),
+        price_reason: Some(reason.into()),
+    };
+    let refused = world.refused("2025-04-01T00:00:00Z", priced("o1", "99", "promo\u{0}"));
+    assert_eq!(refused, ErrorCode::InvalidRequest);
+    world.ok("2025-04-01T00:00:00Z", priced("o2", "99.100", "promo"));
+    let ban = Command::Ban {
+        reason: "mining\n".into(),
+    };
+    assert_eq!(
+        world.refused("2025-04-02T00:00:00Z", ban),
+        ErrorCode::InvalidRequest
+    );
+}
