@@ -12,7 +12,7 @@ use ledger::decide::Context;
 use ledger::due;
 use ledger::event::{Event, EventBody};
 use ledger::log::sqlite::{verify_chain, SqliteLog, DB_FILE_NAME};
-use ledger::log::{EventLog, MAX_READ_COUNT};
+use ledger::log::{EventLog, RecordedEvent, MAX_READ_COUNT};
 use ledger::Dcu;
 use projections::reconcile::{self, Report};
 use projections::statement::{self, booked_before, LoggedEvent, Statement};
@@ -207,17 +207,25 @@ async fn load_from(log: &SqliteLog) -> anyhow::Result<LoadedLog> {
         let page = log.read_all(after, MAX_READ_COUNT).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
+        loaded.add_page(page)?;
+    }
+    Ok(loaded)
+}
+
+impl LoadedLog {
+    /// Adds a page of the whole log (global order): account events are decoded and grouped;
+    /// other streams are skipped.
+    pub fn add_page(&mut self, page: Vec<RecordedEvent>) -> anyhow::Result<()> {
         for recorded in page {
             let Some(account) = recorded.stream.strip_prefix(STREAM_PREFIX) else {
                 continue;
             };
             let event = Event::decode(&recorded.event_type, recorded.version, &recorded.data)
                 .map_err(|e| anyhow::anyhow!("position {}: {e}", recorded.position))?;
-            loaded.first_at = Some(loaded.first_at.map_or(event.at, |at| at.min(event.at)));
-            loaded.last_at = Some(loaded.last_at.map_or(event.at, |at| at.max(event.at)));
-            loaded.events += 1;
-            loaded
-                .accounts
+            self.first_at = Some(self.first_at.map_or(event.at, |at| at.min(event.at)));
+            self.last_at = Some(self.last_at.map_or(event.at, |at| at.max(event.at)));
+            self.events += 1;
+            self.accounts
                 .entry(account.to_string())
                 .or_default()
                 .push(LoggedEvent {
@@ -225,8 +233,8 @@ async fn load_from(log: &SqliteLog) -> anyhow::Result<LoadedLog> {
                     event,
                 });
         }
+        Ok(())
     }
-    Ok(loaded)
 }
 
 // ---------------------------------------------------------------------------------------

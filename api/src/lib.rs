@@ -12,4 +12,5 @@ pub mod migrate;
 pub mod scenario;
 pub mod server;
 pub mod simulate;
+pub mod store;
 pub mod traces;

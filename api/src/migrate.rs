@@ -27,51 +27,19 @@
 //! and for each stream a digest of its event ids in revision order, must be equal.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-use ledger::log::sqlite::SqliteLog;
 use ledger::log::{EventLog, ExpectedRevision, NewEvent, RecordedEvent};
+
+#[cfg(not(feature = "kurrentdb"))]
+use crate::store::no_kurrentdb;
+#[cfg(feature = "kurrentdb")]
+use crate::store::open_kurrentdb;
+use crate::store::open_sqlite;
+pub use crate::store::Store;
 
 /// Events read from the source per page.
 pub const PAGE: usize = 1_000;
-
-/// A store named on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Store {
-    /// `sqlite:DIR`.
-    Sqlite(PathBuf),
-    /// A KurrentDB connection string.
-    KurrentDb(String),
-}
-
-impl std::str::FromStr for Store {
-    type Err = anyhow::Error;
-
-    fn from_str(text: &str) -> anyhow::Result<Store> {
-        if let Some(dir) = text.strip_prefix("sqlite:") {
-            if dir.is_empty() {
-                bail!("sqlite: needs a directory, e.g. sqlite:/var/lib/dcu");
-            }
-            return Ok(Store::Sqlite(PathBuf::from(dir)));
-        }
-        let scheme = text.split("://").next().unwrap_or_default();
-        if text.contains("://")
-            && [
-                "kurrentdb",
-                "kurrentdb+discover",
-                "kdb",
-                "kdb+discover",
-                "esdb",
-                "esdb+discover",
-            ]
-            .contains(&scheme)
-        {
-            return Ok(Store::KurrentDb(text.to_owned()));
-        }
-        bail!("unknown store {text:?}: expected sqlite:DIR or kurrentdb://HOST:PORT?tls=false")
-    }
-}
 
 /// What a migration did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -402,23 +370,6 @@ pub async fn migrate_logs<S: EventLog, T: EventLog>(
     Ok(MigrateReport { copy, verified })
 }
 
-fn open_sqlite(dir: &std::path::Path, must_exist: bool) -> anyhow::Result<SqliteLog> {
-    if must_exist && !dir.join(ledger::log::sqlite::DB_FILE_NAME).is_file() {
-        bail!("{} holds no event log", dir.display());
-    }
-    SqliteLog::open(dir).with_context(|| format!("cannot open the log in {}", dir.display()))
-}
-
-#[cfg(feature = "kurrentdb")]
-fn open_kurrentdb(url: &str) -> anyhow::Result<ledger::log::kurrentdb::KurrentLog> {
-    ledger::log::kurrentdb::KurrentLog::connect(url).context("cannot connect to KurrentDB")
-}
-
-#[cfg(not(feature = "kurrentdb"))]
-fn no_kurrentdb() -> anyhow::Error {
-    anyhow::anyhow!("this dcu was built without KurrentDB support (cargo feature `kurrentdb`)")
-}
-
 /// `dcu migrate`: parses the stores, copies, verifies.
 pub async fn run(from: &str, to: &str, limit: Option<u64>) -> anyhow::Result<MigrateReport> {
     let from: Store = from.parse().context("--from")?;
@@ -453,25 +404,5 @@ pub async fn run(from: &str, to: &str, limit: Option<u64>) -> anyhow::Result<Mig
         }
         #[cfg(not(feature = "kurrentdb"))]
         _ => Err(no_kurrentdb()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stores_parse() {
-        assert_eq!(
-            "sqlite:/tmp/x".parse::<Store>().ok(),
-            Some(Store::Sqlite(PathBuf::from("/tmp/x")))
-        );
-        assert_eq!(
-            "kurrentdb://h:2113?tls=false".parse::<Store>().ok(),
-            Some(Store::KurrentDb("kurrentdb://h:2113?tls=false".to_owned()))
-        );
-        for bad in ["sqlite:", "", "/tmp/x", "http://h", "kurrentdb"] {
-            assert!(bad.parse::<Store>().is_err(), "{bad}");
-        }
     }
 }

@@ -33,9 +33,14 @@ enum Commands {
     Simulate(SimulateArgs),
     /// Serves the REST API (docs/api.md) until SIGINT or SIGTERM.
     Serve {
-        /// The data directory: the event log, `admin.token`, `tokens.jsonl`.
-        #[arg(long, default_value = api::server::DEFAULT_DATA_DIR)]
-        data: PathBuf,
+        /// The data directory: `admin.token`, `tokens.jsonl`, and the event log unless
+        /// `--store` names another (default: ./dcu-data, or DIR of `--store sqlite:DIR`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where the event log lives: sqlite:DIR (the same as `--data DIR`), or
+        /// kurrentdb://HOST:2113?tls=false when built with the `kurrentdb` feature.
+        #[arg(long)]
+        store: Option<String>,
         /// Address to listen on.
         #[arg(long, default_value = api::server::DEFAULT_LISTEN)]
         listen: String,
@@ -112,10 +117,11 @@ fn main() -> ExitCode {
             Commands::Simulate(args) => simulate(args).await,
             Commands::Serve {
                 data,
+                store,
                 listen,
                 catalog,
                 pool,
-            } => serve(data, listen, catalog, pool).await,
+            } => serve(data, store, listen, catalog, pool).await,
             Commands::Migrate { from, to, limit } => migrate(from, to, limit).await,
             Commands::Audit(command) => api::audit::run(command).await,
         }
@@ -173,11 +179,23 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(
-    data: PathBuf,
+    data: Option<PathBuf>,
+    store: Option<String>,
     listen: String,
     catalog: Option<PathBuf>,
     pool: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let store: Option<api::store::Store> = store
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--store")?;
+    let data = match (data, &store) {
+        (Some(data), _) => data,
+        (None, Some(api::store::Store::Sqlite(dir))) => dir.clone(),
+        (None, _) => PathBuf::from(api::server::DEFAULT_DATA_DIR),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -185,6 +203,7 @@ async fn serve(
         )
         .init();
     let mut options = api::server::ServeOptions::new(data);
+    options.store = store;
     options.listen = listen;
     options.catalog = catalog;
     options.pool = pool;

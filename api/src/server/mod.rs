@@ -1,8 +1,9 @@
 //! `dcu serve`: the REST face of the ledger (axum on tokio).
 //!
-//! - `engine_task`: the one task that owns `Engine<SqliteLog>`; handlers reach it through a
-//!   bounded channel with a oneshot reply.
+//! - `engine_task`: the one task that owns `Engine<StoreLog>` (SQLite, or KurrentDB with the
+//!   `kurrentdb` feature); handlers reach it through a bounded channel with a oneshot reply.
 //! - `routes`: the endpoints and the OpenAPI document generated from them (`utoipa`).
+//! - `audit_routes`: statements, the reconciliation report and invoices (issue 6).
 //! - `auth`: bearer tokens (admin; account tokens stored as hashes in `DIR/tokens.jsonl`).
 //! - `problem`: RFC 9457 errors and the SPEC code ↔ HTTP status table.
 //! - `wire`: request and response shapes.
@@ -11,6 +12,7 @@
 //! requests finish (each waits for its append to be durable), drain the engine's queue,
 //! close the log.
 
+pub mod audit_routes;
 pub mod auth;
 pub mod engine_task;
 pub mod problem;
@@ -33,9 +35,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use ledger::catalog::Catalog;
 use ledger::decide::Context;
-use ledger::log::sqlite::SqliteLog;
 use scheduler::{Engine, NodeSpec, Pool};
 use tokio::sync::oneshot;
+
+use crate::store::{Store, StoreLog};
 
 pub use engine_task::{system_clock, Clock, DEFAULT_TIMER_POLL, ENGINE_QUEUE_CAPACITY};
 
@@ -52,7 +55,10 @@ pub const DEFAULT_POOL_CARDS: u32 = 8;
 
 /// How to run a server.
 pub struct ServeOptions {
+    /// `admin.token`, `tokens.jsonl`, and the SQLite log unless `store` says otherwise.
     pub data_dir: PathBuf,
+    /// Where the event log lives; `None`: `sqlite:` + `data_dir`.
+    pub store: Option<Store>,
     pub listen: String,
     /// A catalog JSON file; default: the manual's tables.
     pub catalog: Option<PathBuf>,
@@ -72,6 +78,7 @@ impl ServeOptions {
     pub fn new(data_dir: PathBuf) -> ServeOptions {
         ServeOptions {
             data_dir,
+            store: None,
             listen: DEFAULT_LISTEN.into(),
             catalog: None,
             admin_token: None,
@@ -169,6 +176,7 @@ async fn observe(
 }
 
 pub fn router(state: AppState) -> Router {
+    use audit_routes::{get_reconciliation, get_statement, post_invoice};
     use routes::*;
     Router::new()
         .route("/v1/accounts", post(open_account))
@@ -183,6 +191,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/accounts/{id}/ban", post(post_ban))
         .route("/v1/accounts/{id}/tokens", post(post_token))
         .route("/v1/accounts/{id}/leases", get(get_account_leases))
+        .route("/v1/accounts/{id}/statement", get(get_statement))
+        .route("/v1/accounts/{id}/invoices", post(post_invoice))
+        .route("/v1/reconciliation", get(get_reconciliation))
         .route("/v1/leases", post(post_lease))
         .route("/v1/leases/{id}", get(get_lease))
         .route("/v1/leases/{id}/heartbeat", post(post_heartbeat))
@@ -217,7 +228,8 @@ impl RunningServer {
     }
 }
 
-/// Opens the log in `data_dir`, starts the engine task and listens.
+/// Opens the log (`store`, default the SQLite log in `data_dir`), starts the engine task and
+/// listens.
 pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     let dir = options.data_dir;
     std::fs::create_dir_all(&dir)
@@ -234,7 +246,11 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
     let tokens = Arc::new(TokenStore::load(&dir, &admin)?);
     let catalog_json = serde_json::to_value(&catalog)?;
     let pool = load_pool(options.pool.as_deref(), &catalog)?;
-    let log = SqliteLog::open(&dir)?;
+    let store = options
+        .store
+        .clone()
+        .unwrap_or_else(|| Store::Sqlite(dir.clone()));
+    let log = StoreLog::open(&store)?;
     let mut engine = Engine::open_with_pool(
         log,
         Context {
@@ -266,7 +282,7 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         metrics,
     });
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    tracing::info!(%addr, data = %dir.display(), "dcu serve listening");
+    tracing::info!(%addr, data = %dir.display(), %store, "dcu serve listening");
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async {

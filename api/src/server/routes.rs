@@ -714,7 +714,8 @@ impl Modify for BearerScheme {
     paths(open_account, get_account, post_order, get_balance, get_quota, get_events, post_usage,
         post_login, post_storage, post_ban, post_token, post_lease, post_heartbeat, post_release,
         post_cancel, get_lease, get_account_leases, get_pool, get_catalog, healthz, metrics,
-        openapi),
+        openapi, super::audit_routes::get_statement, super::audit_routes::get_reconciliation,
+        super::audit_routes::post_invoice),
     components(schemas(Problem)),
     modifiers(&BearerScheme)
 )]

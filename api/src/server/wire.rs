@@ -468,3 +468,75 @@ impl From<PoolView> for PoolBody {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 6: statements, the reconciliation report, invoices.
+
+/// Record an invoice (发票) for paid orders of the account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceRequest {
+    /// The invoice id (idempotent: the same id with the same orders answers the same invoice).
+    pub invoice: String,
+    /// 1 to 1000 paid orders of this account, none invoiced yet, none twice.
+    pub orders: Vec<String>,
+}
+
+/// An invoice as recorded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvoiceBody {
+    pub account: String,
+    pub invoice: String,
+    pub orders: Vec<String>,
+    /// The sum of the orders' prices paid (CNY, decimal string).
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub amount_cny: Decimal,
+    /// Always 技术服务费 (technical service fee).
+    pub item: String,
+}
+
+impl From<scheduler::InvoiceView> for InvoiceBody {
+    fn from(view: scheduler::InvoiceView) -> Self {
+        InvoiceBody {
+            account: view.account,
+            invoice: view.invoice,
+            orders: view.orders,
+            amount_cny: view.amount_cny,
+            item: view.item,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatementQuery {
+    /// RFC 3339, inclusive; default: since the account opened.
+    pub from: Option<String>,
+    /// RFC 3339, exclusive; default: one second after the server's now (everything up to
+    /// and including now).
+    pub to: Option<String>,
+}
+
+/// The report's format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportFormat {
+    #[default]
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReconciliationQuery {
+    /// RFC 3339, inclusive.
+    pub from: String,
+    /// RFC 3339, exclusive; at most 3660 business days after `from`.
+    pub to: String,
+    /// `json` (default) or `csv`.
+    #[param(inline)]
+    pub format: Option<ReportFormat>,
+}
