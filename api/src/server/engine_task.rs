@@ -460,8 +460,16 @@ async fn run(
         tokio::select! {
             request = receiver.recv() => {
                 let Some(request) = request else { break };
-                let now = clock().max(engine.clock());
-                serve(&mut engine, &snapshot, &mut publisher, request, now).await;
+                // Whatever else waits in the queue joins this batch: one group commit for
+                // all its commands, so the log's fsync is shared under load.
+                let mut batch = vec![request];
+                while batch.len() < MAX_BATCH_REQUESTS {
+                    match receiver.try_recv() {
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
+                }
+                serve_batch(&mut engine, &snapshot, &mut publisher, batch, &clock).await;
             }
             () = tokio::time::sleep(delay) => {
                 // The timer: whatever is due is appended at its own instant, even if no
@@ -505,6 +513,165 @@ fn unknown_lease(lease: &str) -> Refusal {
     Refusal::new(ErrorCode::UnknownLease, format!("no lease {lease:?}"))
 }
 
+/// Most requests served as one batch. Commands of a batch share a commit; each caller
+/// waits for the whole batch, so a bound keeps that wait short.
+const MAX_BATCH_REQUESTS: usize = 256;
+
+/// An answer that may be sent only once the batch's events are durable.
+enum Deferred {
+    Execute {
+        reply: oneshot::Sender<Result<Outcome, EngineError>>,
+        result: Result<Outcome, EngineError>,
+    },
+    Lease {
+        reply: oneshot::Sender<Result<LeaseAnswer, LeaseFailure>>,
+        answer: Box<Result<LeaseAnswer, LeaseFailure>>,
+    },
+}
+
+/// Serves a batch in order. Commands are decided and folded in memory one after another
+/// (each sees the ones before it) and their answers held back; before any other request,
+/// and at the end, everything held is committed in one group commit and then answered. A
+/// failed commit stops the engine: the held callers, and every later one, learn it.
+async fn serve_batch(
+    engine: &mut Engine<StoreLog>,
+    snapshot: &Snapshot,
+    publisher: &mut Publisher,
+    batch: Vec<Request>,
+    clock: &Clock,
+) {
+    let mut held: Vec<Deferred> = Vec::new();
+    let mut before = engine.events_appended();
+    for request in batch {
+        let now = clock().max(engine.clock());
+        if let Some(other) = hold(engine, request, now, &mut held) {
+            release_held(engine, snapshot, publisher, &mut held, before).await;
+            serve(engine, snapshot, publisher, other, now).await;
+            before = engine.events_appended();
+        }
+    }
+    release_held(engine, snapshot, publisher, &mut held, before).await;
+}
+
+/// Stages a command and holds its answer; any other request is handed back.
+fn hold(
+    engine: &mut Engine<StoreLog>,
+    request: Request,
+    now: Timestamp,
+    held: &mut Vec<Deferred>,
+) -> Option<Request> {
+    match request {
+        Request::Execute {
+            target,
+            command,
+            reply,
+        } => {
+            let result = engine.execute_staged(&target, &command, now);
+            held.push(Deferred::Execute { reply, result });
+            None
+        }
+        Request::Lease {
+            target,
+            command,
+            caller,
+            reply,
+        } => {
+            let answer = stage_lease(engine, target, command, caller.as_deref(), now);
+            held.push(Deferred::Lease {
+                reply,
+                answer: Box::new(answer),
+            });
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// Commits what the held commands staged, publishes the accounts that moved (before the
+/// answers: whoever saw an answer reads the new state), then answers.
+async fn release_held(
+    engine: &mut Engine<StoreLog>,
+    snapshot: &Snapshot,
+    publisher: &mut Publisher,
+    held: &mut Vec<Deferred>,
+    before: u64,
+) {
+    if held.is_empty() {
+        return;
+    }
+    let committed = engine.commit().await;
+    publisher.changed(engine, snapshot, None, engine.events_appended() - before);
+    for deferred in held.drain(..) {
+        let failure = committed
+            .as_ref()
+            .err()
+            .map(|error| EngineError::Stopped(error.to_string()));
+        match deferred {
+            Deferred::Execute { reply, result } => {
+                let _ = reply.send(match failure {
+                    Some(error) if result.is_ok() => Err(error),
+                    _ => result,
+                });
+            }
+            Deferred::Lease { reply, answer } => {
+                let _ = reply.send(match failure {
+                    Some(error) if answer.is_ok() => Err(LeaseFailure { error, info: None }),
+                    _ => *answer,
+                });
+            }
+        }
+    }
+}
+
+/// Stages a lease command and works out its answer from the staged state. An account
+/// token naming a lease of another account is answered as if the lease did not exist.
+// The result has the shape of the reply it fills, and is moved into it once.
+#[allow(clippy::result_large_err)]
+fn stage_lease(
+    engine: &mut Engine<StoreLog>,
+    target: Target,
+    command: Command,
+    caller: Option<&str>,
+    now: Timestamp,
+) -> Result<LeaseAnswer, LeaseFailure> {
+    let (lease, hint) = match (&target, &command) {
+        (Target::Lease(lease), _) => (lease.clone(), engine.lease_owner(lease).map(str::to_string)),
+        (Target::Account(account), Command::RequestLease(request)) => {
+            (request.lease.clone(), Some(account.clone()))
+        }
+        (Target::Account(account), _) => (String::new(), Some(account.clone())),
+    };
+    if caller.is_some_and(|caller| hint.as_deref() != Some(caller)) {
+        return Err(LeaseFailure {
+            error: unknown_lease(&lease).into(),
+            info: None,
+        });
+    }
+    let existed = hint
+        .as_deref()
+        .is_some_and(|account| engine.lease_owner(&lease) == Some(account));
+    let result = engine.execute_staged(&target, &command, now);
+    match result {
+        Ok(_) => match lease_info_at(engine, &lease, now) {
+            Some(info) => Ok(LeaseAnswer { info, existed }),
+            None => Err(LeaseFailure {
+                error: unknown_lease(&lease).into(),
+                info: None,
+            }),
+        },
+        Err(error) => {
+            let not_active = matches!(
+                &error,
+                EngineError::Refused(refusal) if refusal.code == ErrorCode::LeaseNotActive
+            );
+            let info = not_active
+                .then(|| lease_info_at(engine, &lease, now))
+                .flatten();
+            Err(LeaseFailure { error, info })
+        }
+    }
+}
+
 async fn serve(
     engine: &mut Engine<StoreLog>,
     snapshot: &Snapshot,
@@ -514,71 +681,11 @@ async fn serve(
 ) {
     let before = engine.events_appended();
     match request {
-        Request::Execute {
-            target,
-            command,
-            reply,
-        } => {
-            let hint = match &target {
-                Target::Account(account) => Some(account.clone()),
-                Target::Lease(lease) => engine.lease_owner(lease).map(str::to_string),
-            };
-            let result = engine.execute(target, command, now).await;
-            // Published before the answer: whoever saw the answer reads the new state.
-            let appended = engine.events_appended() - before;
-            publisher.changed(engine, snapshot, hint.as_deref(), appended);
-            let _ = reply.send(result);
-        }
-        Request::Lease {
-            target,
-            command,
-            caller,
-            reply,
-        } => {
-            let (lease, hint) = match (&target, &command) {
-                (Target::Lease(lease), _) => {
-                    (lease.clone(), engine.lease_owner(lease).map(str::to_string))
-                }
-                (Target::Account(account), Command::RequestLease(request)) => {
-                    (request.lease.clone(), Some(account.clone()))
-                }
-                (Target::Account(account), _) => (String::new(), Some(account.clone())),
-            };
-            if let Some(caller) = &caller {
-                if hint.as_deref() != Some(caller.as_str()) {
-                    let _ = reply.send(Err(LeaseFailure {
-                        error: unknown_lease(&lease).into(),
-                        info: None,
-                    }));
-                    return;
-                }
+        command @ (Request::Execute { .. } | Request::Lease { .. }) => {
+            let mut held = Vec::new();
+            if hold(engine, command, now, &mut held).is_none() {
+                release_held(engine, snapshot, publisher, &mut held, before).await;
             }
-            let existed = hint
-                .as_deref()
-                .is_some_and(|account| engine.lease_owner(&lease) == Some(account));
-            let result = engine.execute(target, command, now).await;
-            let appended = engine.events_appended() - before;
-            publisher.changed(engine, snapshot, hint.as_deref(), appended);
-            let answer = match result {
-                Ok(_) => match lease_info_at(engine, &lease, now) {
-                    Some(info) => Ok(LeaseAnswer { info, existed }),
-                    None => Err(LeaseFailure {
-                        error: unknown_lease(&lease).into(),
-                        info: None,
-                    }),
-                },
-                Err(error) => {
-                    let not_active = matches!(
-                        &error,
-                        EngineError::Refused(refusal) if refusal.code == ErrorCode::LeaseNotActive
-                    );
-                    let info = not_active
-                        .then(|| lease_info_at(engine, &lease, now))
-                        .flatten();
-                    Err(LeaseFailure { error, info })
-                }
-            };
-            let _ = reply.send(answer);
         }
         Request::LeaseStatus {
             lease,

@@ -156,6 +156,14 @@ impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::Refused(refusal) => refusal.into(),
+            EngineError::Stopped(reason) => {
+                tracing::error!(%reason, "the engine has stopped");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the service stopped after a storage failure; it answers again once restarted",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "engine failure");
                 ApiError::internal("the event log failed; nothing of this request was stored")
