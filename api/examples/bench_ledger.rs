@@ -122,7 +122,7 @@ fn history(index: usize, target: usize, context: &Context) -> (AccountState, Vec
 
 fn encode(event: &Event) -> NewEvent {
     NewEvent {
-        id: uuid::Uuid::new_v4(),
+        id: uuid::Uuid::now_v7(), // time-ordered, as the engine writes them
         event_type: event.body.type_name().into(),
         version: EVENT_VERSION,
         data: event.encode(),
