@@ -5,7 +5,7 @@
 //! fold is a plain sum and a replay is exact (I3). The burn order (D1) that fills a `Charge`
 //! lives here, once, in `AccountState::plan_charge`.
 
-use std::collections::BTreeMap;
+use crate::vecmap::{reserve_small, VecMap};
 
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -180,12 +180,12 @@ pub struct AccountState {
     /// S2: when the last period ended with none after it (cleared when a period starts or
     /// the storage is reclaimed).
     pub lapsed_at: Option<Timestamp>,
-    pub running: BTreeMap<String, RunningLease>,
-    pub queued_leases: BTreeMap<String, QueuedLease>,
-    pub ended: BTreeMap<String, EndedLease>,
-    pub orders: BTreeMap<String, OrderRecord>,
-    pub records: BTreeMap<String, UsageRecord>,
-    pub invoices: BTreeMap<String, InvoiceRecord>,
+    pub running: VecMap<RunningLease>,
+    pub queued_leases: VecMap<QueuedLease>,
+    pub ended: VecMap<EndedLease>,
+    pub orders: VecMap<OrderRecord>,
+    pub records: VecMap<UsageRecord>,
+    pub invoices: VecMap<InvoiceRecord>,
 }
 
 impl AccountState {
@@ -609,6 +609,7 @@ impl AccountState {
         ends_at: Timestamp,
         arrears_paid: Dcu,
     ) {
+        reserve_small(&mut self.buckets);
         self.buckets.push(Bucket {
             id,
             source,
@@ -669,6 +670,7 @@ impl AccountState {
         });
         let amount: Dcu = carried.iter().map(|item| item.amount).sum();
         if let Some(id) = carry_over_bucket {
+            reserve_small(&mut self.buckets);
             self.buckets.push(Bucket {
                 id,
                 source: BucketSource::CarryOver,

@@ -8,6 +8,7 @@
 //! - `decide`: commands → events or a refusal with a SPEC error code (pure).
 //! - `due`: time-driven events in time order (SPEC §9) (pure).
 //! - `log`: the append-only event log (trait; SQLite backend).
+//! - `vecmap`: the compact sorted map an account keeps its leases and orders in.
 //!
 //! `account`, `decide` and `due` do no I/O, read no clock and take no lock: time is always
 //! an argument. That is what makes replay, `as_of` queries and scenarios exact.
@@ -21,6 +22,7 @@ pub mod decide;
 pub mod due;
 pub mod event;
 pub mod log;
+pub mod vecmap;
 
 pub use account::AccountState;
 pub use amount::Dcu;

@@ -384,11 +384,15 @@ fn r_m6_ttl_expiry_bills_to_the_last_heartbeat() {
     );
     // D4: a live view at 00:01:50 shows 110 s; the lease expires at 00:02:00 (30 + 90).
     assert_eq!(
-        live(&world.state, at("2025-04-01T00:01:50Z")).running["l1"].charged,
+        live(&world.state, at("2025-04-01T00:01:50Z"))
+            .running
+            .get("l1")
+            .expect("l1 is there")
+            .charged,
         lease_cost(dcu("2.56"), 1, 110)
     );
     let later = world.at("2025-04-01T00:05:00Z");
-    let ended = &later.ended["l1"];
+    let ended = &later.ended.get("l1").expect("l1 is there");
     assert_eq!(
         (ended.end, ended.ended_at),
         (LeaseEnd::Expired, at("2025-04-01T00:02:00Z"))
@@ -443,7 +447,7 @@ fn r_m8_period_end_meters_then_revokes_without_a_renewal() {
     world.buy("2025-04-01T00:00:00Z", "o1", "advanced");
     world.ok("2025-04-30T23:00:00Z", lease("l1", "dc100-40g", 1));
     let after = world.at("2025-05-01T00:00:00Z");
-    let ended = &after.ended["l1"];
+    let ended = &after.ended.get("l1").expect("l1 is there");
     assert_eq!(
         (ended.end, ended.reason),
         (LeaseEnd::Revoked, Some(RevokeReason::PlanExpired))
@@ -461,7 +465,7 @@ fn r_m8_a_queued_renewal_keeps_leases_running() {
     world.ok("2025-04-30T23:00:00Z", lease("l1", "dc100-40g", 1));
     let after = world.at("2025-05-01T00:00:00Z");
     assert_eq!(
-        after.running["l1"].charged,
+        after.running.get("l1").expect("l1 is there").charged,
         dcu("1.28"),
         "metered up to the period end"
     );
@@ -504,7 +508,7 @@ fn r_m10_release_twice_and_request_again_have_one_effect() {
     world.ok("2025-04-01T00:00:20Z", lease("l1", "dc100-80g", 1));
     assert_eq!(world.log.len(), events);
     assert_eq!(
-        world.state.ended["l1"].charged,
+        world.state.ended.get("l1").expect("l1 is there").charged,
         lease_cost(dcu("2.56"), 1, 10)
     );
 }
@@ -522,7 +526,10 @@ fn r_a3_ban_forfeits_revokes_and_refuses_but_still_records_usage() {
         },
     );
     let state = &world.state;
-    assert_eq!(state.ended["l1"].reason, Some(RevokeReason::AccountBanned));
+    assert_eq!(
+        state.ended.get("l1").expect("l1 is there").reason,
+        Some(RevokeReason::AccountBanned)
+    );
     assert_eq!(
         state.totals.forfeited,
         dcu("20") - lease_cost(dcu("2.56"), 1, 60)

@@ -9,7 +9,6 @@
 //! the engine's state, so folding outside the task gives the same answer.
 
 use std::collections::HashMap;
-use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -278,29 +277,18 @@ impl EngineHandle {
     ) -> Result<LeasePage, Refusal> {
         let state = self.snapshot.opened(account)?;
         let live = due::live(&state, self.now().max(state.clock));
-        let range = || {
-            (
-                after.map_or(Bound::Unbounded, |after| Bound::Excluded(after.to_string())),
-                Bound::Unbounded,
-            )
-        };
         let mut ids: Vec<&String> = live
             .running
-            .range::<String, _>(range())
+            .after(after)
             .map(|(id, _)| id)
             .take(limit)
             .chain(
                 live.queued_leases
-                    .range::<String, _>(range())
+                    .after(after)
                     .map(|(id, _)| id)
                     .take(limit),
             )
-            .chain(
-                live.ended
-                    .range::<String, _>(range())
-                    .map(|(id, _)| id)
-                    .take(limit),
-            )
+            .chain(live.ended.after(after).map(|(id, _)| id).take(limit))
             .collect();
         ids.sort();
         ids.dedup();
