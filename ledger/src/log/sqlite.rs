@@ -379,6 +379,7 @@ impl SqliteLog {
         let writer = Writer {
             conn,
             heads: HashMap::new(),
+            tip: None,
             committed: committed_tx,
             counters: Arc::clone(&counters),
         };
@@ -829,6 +830,15 @@ struct AppendRequest {
 struct Head {
     revision: u64,
     position: u64,
+    /// The stream's chain link at this head (the next event's `previous`).
+    stream_hash: Hash,
+}
+
+/// The log's last event: the global chain link and the highest position ever used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tip {
+    log_hash: Hash,
+    position: u64,
 }
 
 /// An event as stored, looked up by id to recognise a retry.
@@ -868,12 +878,17 @@ struct Applied {
     outcome: AppendOutcome,
     /// The stream's new head, when the request wrote events.
     written: Option<(Head, u64)>,
+    /// The log's new tip, when the request wrote events.
+    tip: Option<Tip>,
 }
 
 struct Writer {
     conn: Connection,
     /// Committed head of each stream touched lately: `None` means the stream has no events.
     heads: HashMap<String, Option<Head>>,
+    /// The committed tip of the log, once read; only this writer moves it. `None` after a
+    /// failure: read again.
+    tip: Option<Tip>,
     committed: watch::Sender<u64>,
     counters: Arc<Counters>,
 }
@@ -950,11 +965,18 @@ impl Writer {
 
         // Heads written by this batch, merged into `heads` once committed.
         let mut pending: HashMap<String, Option<Head>> = HashMap::new();
+        let mut tip = match self.committed_tip() {
+            Ok(tip) => tip,
+            Err(e) => {
+                self.fail_batch(batch, sql_storage(e));
+                return;
+            }
+        };
         let mut results = Vec::with_capacity(batch.len());
         let mut events_written = 0_u64;
         let mut last_position = None;
         for request in &batch {
-            match self.apply(&mut pending, request) {
+            match self.apply(&mut pending, &mut tip, request) {
                 Ok(applied) => {
                     if let Some((head, count)) = applied.written {
                         events_written += count;
@@ -978,6 +1000,7 @@ impl Writer {
             self.heads.clear();
         }
         self.heads.extend(pending);
+        self.tip = Some(tip);
         if let Some(position) = last_position {
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
             self.counters
@@ -1000,6 +1023,7 @@ impl Writer {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         self.heads.clear();
+        self.tip = None;
         for request in batch {
             let _ = request.reply.send(Err(error.clone()));
         }
@@ -1009,19 +1033,25 @@ impl Writer {
     fn apply(
         &mut self,
         pending: &mut HashMap<String, Option<Head>>,
+        tip: &mut Tip,
         request: &AppendRequest,
     ) -> Result<Applied, Failure> {
         self.conn
             .execute_batch("SAVEPOINT append")
             .map_err(|e| Failure::Batch(sql_storage(e)))?;
-        let mut attempt = self.try_apply(pending, request, false);
+        let mut attempt = self.try_apply(pending, *tip, request, false);
         if matches!(&attempt, Err(Attempt::Sql(e)) if is_constraint(e)) {
             // The cached head was stale, or an id of the append (not the first) is taken:
             // undo, and decide again from the database alone.
             self.rollback_to_savepoint()?;
             pending.remove(&request.stream);
             self.heads.remove(&request.stream);
-            attempt = self.try_apply(pending, request, true);
+            // Someone wrote behind the writer's back: the tip it keeps may be stale too.
+            self.tip = None;
+            *tip = self
+                .read_tip()
+                .map_err(|e| Failure::Batch(sql_storage(e)))?;
+            attempt = self.try_apply(pending, *tip, request, true);
         }
         match attempt {
             Ok(applied) => {
@@ -1030,6 +1060,9 @@ impl Writer {
                     .map_err(|e| Failure::Batch(sql_storage(e)))?;
                 if let Some((head, _)) = applied.written {
                     pending.insert(request.stream.clone(), Some(head));
+                }
+                if let Some(written) = applied.tip {
+                    *tip = written;
                 }
                 Ok(applied)
             }
@@ -1067,6 +1100,7 @@ impl Writer {
     fn try_apply(
         &mut self,
         pending: &HashMap<String, Option<Head>>,
+        tip: Tip,
         request: &AppendRequest,
         from_database: bool,
     ) -> Result<Applied, Attempt> {
@@ -1102,6 +1136,7 @@ impl Writer {
                         last_position: head.position,
                     },
                     written: None,
+                    tip: None,
                 }),
                 None => Err(Attempt::Refused(LogError::Invalid(format!(
                     "nothing to append and stream {stream} has no events: no revision to report"
@@ -1115,32 +1150,10 @@ impl Writer {
             })?,
             None => 0,
         };
-        // The chain links: read inside this savepoint, so they see what the batch wrote.
-        let mut previous_stream: Hash = match head {
-            Some(_) => self
-                .conn
-                .prepare_cached(
-                    "SELECT stream_hash FROM events WHERE stream = ?1 \
-                     ORDER BY revision DESC LIMIT 1",
-                )?
-                .query_row(params![stream], |r| r.get::<_, [u8; 32]>(0))
-                .optional()?
-                .unwrap_or(ZERO_HASH),
-            None => ZERO_HASH,
-        };
-        let (mut previous_log, mut position): (Hash, u64) = self
-            .conn
-            .prepare_cached("SELECT log_hash, position FROM events ORDER BY position DESC LIMIT 1")?
-            .query_row([], |r| Ok((r.get::<_, [u8; 32]>(0)?, r.get::<_, u64>(1)?)))
-            .optional()?
-            .unwrap_or((ZERO_HASH, 0));
-        // AUTOINCREMENT never reuses a position, even of a deleted last row.
-        let sequence: Option<u64> = self
-            .conn
-            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
-        position = position.max(sequence.unwrap_or(0));
+        // The chain links: the stream's from its head, the log's from the batch's tip (both
+        // include what this batch wrote before this append).
+        let mut previous_stream: Hash = head.map_or(ZERO_HASH, |head| head.stream_hash);
+        let (mut previous_log, mut position) = (tip.log_hash, tip.position);
         let mut statement = self.conn.prepare_cached(
             "INSERT INTO events (position, id, stream, revision, event_type, version, data, \
              stream_hash, log_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -1171,7 +1184,11 @@ impl Writer {
             ])?;
             previous_stream = linked;
             previous_log = logged;
-            last = Some(Head { revision, position });
+            last = Some(Head {
+                revision,
+                position,
+                stream_hash: linked,
+            });
             revision = revision.saturating_add(1);
         }
         let Some(last) = last else {
@@ -1185,6 +1202,40 @@ impl Writer {
                 last_position: last.position,
             },
             written: Some((last, request.events.len() as u64)),
+            tip: Some(Tip {
+                log_hash: previous_log,
+                position: last.position,
+            }),
+        })
+    }
+
+    /// The committed tip of the log, from memory or (then kept) from the database.
+    fn committed_tip(&mut self) -> Result<Tip, rusqlite::Error> {
+        if let Some(tip) = self.tip {
+            return Ok(tip);
+        }
+        let tip = self.read_tip()?;
+        self.tip = Some(tip);
+        Ok(tip)
+    }
+
+    /// The tip as the database has it (inside a transaction: with what it wrote so far).
+    fn read_tip(&self) -> Result<Tip, rusqlite::Error> {
+        let (log_hash, last): (Hash, u64) = self
+            .conn
+            .prepare_cached("SELECT log_hash, position FROM events ORDER BY position DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get::<_, [u8; 32]>(0)?, r.get::<_, u64>(1)?)))
+            .optional()?
+            .unwrap_or((ZERO_HASH, 0));
+        // AUTOINCREMENT never reuses a position, even of a deleted last row.
+        let sequence: Option<u64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        Ok(Tip {
+            log_hash,
+            position: last.max(sequence.unwrap_or(0)),
         })
     }
 
@@ -1202,13 +1253,14 @@ impl Writer {
         let head = self
             .conn
             .prepare_cached(
-                "SELECT revision, position FROM events WHERE stream = ?1 \
+                "SELECT revision, position, stream_hash FROM events WHERE stream = ?1 \
                  ORDER BY revision DESC LIMIT 1",
             )?
             .query_row(params![stream], |r| {
                 Ok(Head {
                     revision: r.get(0)?,
                     position: r.get(1)?,
+                    stream_hash: r.get::<_, [u8; 32]>(2)?,
                 })
             })
             .optional()?;
@@ -1283,10 +1335,7 @@ impl Writer {
                     event.id
                 ));
             }
-            last = Some(Head {
-                revision: found.revision,
-                position: found.position,
-            });
+            last = Some((found.revision, found.position));
         }
         let consistent = match request.expected {
             ExpectedRevision::Any => true,
@@ -1300,15 +1349,16 @@ impl Writer {
                 request.stream, request.expected
             ));
         }
-        let Some(last) = last else {
+        let Some((last_revision, last_position)) = last else {
             return invalid("a retry without events".to_owned());
         };
         Ok(Applied {
             outcome: AppendOutcome {
-                last_revision: last.revision,
-                last_position: last.position,
+                last_revision,
+                last_position,
             },
             written: None,
+            tip: None,
         })
     }
 }
