@@ -109,6 +109,9 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                 (None, Some(as_of)) => instant(&as_of)?.plus_seconds(1),
                 (None, None) => log.last_at.unwrap_or_default().plus_seconds(1),
             };
+            if from.is_some_and(|from| from >= to) {
+                bail!("--from must be before --to (the statement covers [from, to))");
+            }
             let statement = log.statement(&account, from, to)?;
             match format {
                 TextOrJson::Json => serde_json::to_string_pretty(&statement)? + "\n",
@@ -769,6 +772,10 @@ fn digests(
 }
 
 async fn replay(dir: &Path, verify: bool) -> anyhow::Result<String> {
+    if verify {
+        // A replay of a forged log would verify the forgery: the chains come first.
+        crate::store::check_sqlite_chain(dir)?;
+    }
     let log = open_existing(dir)?;
     let loaded = load_from(&log).await?;
     let range = loaded.first_at.zip(loaded.last_at);

@@ -35,8 +35,8 @@ use ledger::log::{EventLog, ExpectedRevision, NewEvent, RecordedEvent};
 use crate::store::no_kurrentdb;
 #[cfg(feature = "kurrentdb")]
 use crate::store::open_kurrentdb;
-use crate::store::open_sqlite;
 pub use crate::store::Store;
+use crate::store::{check_sqlite_chain, open_sqlite};
 
 /// Events read from the source per page.
 pub const PAGE: usize = 1_000;
@@ -384,12 +384,14 @@ pub async fn run(from: &str, to: &str, limit: Option<u64>) -> anyhow::Result<Mig
                     bail!("--from and --to name the same directory");
                 }
             }
+            check_sqlite_chain(a)?;
             let source = open_sqlite(a, true)?;
             let target = open_sqlite(b, false)?;
             migrate_logs(&source, &target, limit).await
         }
         #[cfg(feature = "kurrentdb")]
         (Store::Sqlite(a), Store::KurrentDb(url)) => {
+            check_sqlite_chain(a)?;
             let source = open_sqlite(a, true)?;
             migrate_logs(&source, &open_kurrentdb(url)?, limit).await
         }

@@ -91,6 +91,30 @@ pub fn open_sqlite(dir: &std::path::Path, must_exist: bool) -> anyhow::Result<Sq
     SqliteLog::open(dir).with_context(|| format!("cannot open the log in {}", dir.display()))
 }
 
+/// Refuses a SQLite log whose hash chains are broken (an event changed, deleted or moved
+/// behind the log's back), naming the first broken event. A log that does not exist yet
+/// passes. The check reads every event once.
+pub fn check_sqlite_chain(dir: &std::path::Path) -> anyhow::Result<()> {
+    if !dir.join(ledger::log::sqlite::DB_FILE_NAME).is_file() {
+        return Ok(());
+    }
+    let report = ledger::log::sqlite::verify_chain(dir)
+        .with_context(|| format!("cannot check the log in {}", dir.display()))?;
+    if let Some(broken) = report.broken {
+        bail!(
+            "the log in {} is NOT intact: first broken event at position {} (stream {}, \
+             revision {}): {}; see `dcu verify --data {}`",
+            dir.display(),
+            broken.position,
+            broken.stream,
+            broken.revision,
+            broken.reason,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Connects to KurrentDB (lazily: an unreachable server shows on the first operation).
 #[cfg(feature = "kurrentdb")]
 pub fn open_kurrentdb(url: &str) -> anyhow::Result<KurrentLog> {

@@ -209,4 +209,45 @@ fn audit_verify_finds_the_edited_event_and_replay_verifies() {
         )),
         "{error}"
     );
+    // Nothing else accepts the forged log either: replay --verify, migrate and serve refuse.
+    let output = dcu(&["replay", "--data", data_arg(&data), "--verify"]);
+    assert!(!output.status.success(), "replay --verify must fail");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("NOT intact"));
+    let copy = data.with_file_name("copy");
+    let from = format!("sqlite:{}", data_arg(&data));
+    let to = format!("sqlite:{}", data_arg(&copy));
+    let output = dcu(&["migrate", "--from", &from, "--to", &to]);
+    assert!(!output.status.success(), "migrate must refuse");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("NOT intact"));
+    assert!(!copy.join("events.db").exists(), "nothing copied");
+    let output = Command::new(env!("CARGO_BIN_EXE_dcu"))
+        .args([
+            "serve",
+            "--data",
+            data_arg(&data),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("DCU_ADMIN_TOKEN", "t")
+        .output()
+        .expect("dcu runs");
+    assert!(!output.status.success(), "serve must refuse a forged log");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("NOT intact"));
+}
+
+#[test]
+fn audit_statement_refuses_a_range_that_ends_before_it_starts() {
+    let (_dir, data) = story("manual_worked_example");
+    let output = dcu(&[
+        "statement",
+        "xiaoming",
+        "--data",
+        data_arg(&data),
+        "--from",
+        "2025-06-01T00:00:00Z",
+        "--to",
+        "2025-05-01T00:00:00Z",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--from must be before --to"));
 }

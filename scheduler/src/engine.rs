@@ -472,6 +472,11 @@ impl<L: EventLog> Engine<L> {
         }
     }
 
+    /// Whether a failed append stopped the engine (see `EngineError::Stopped`).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.is_some()
+    }
+
     fn check_running(&self) -> Result<(), EngineError> {
         match &self.stopped {
             Some(reason) => Err(EngineError::Stopped(reason.clone())),

@@ -25,6 +25,10 @@ pub struct Node {
     pub model: String,
     pub cards: u32,
     pub free: u32,
+    /// Cards held by leases. Above `cards` only when the pool shrank under running leases
+    /// (a restart with a smaller pool file): the node then gives nothing until enough of
+    /// them end.
+    pub used: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,8 +55,10 @@ pub struct Pool {
 impl Pool {
     /// A pool from its node list, in placement order. `models` are the catalog's model ids.
     pub fn new(specs: &[NodeSpec], models: &[&str]) -> Result<Pool, PoolError> {
-        if specs.len() > MAX_NODES {
-            return Err(PoolError::Invalid(format!("at most {MAX_NODES} nodes")));
+        if specs.is_empty() || specs.len() > MAX_NODES {
+            return Err(PoolError::Invalid(format!(
+                "a pool has 1 to {MAX_NODES} nodes (with none, every lease would wait forever)"
+            )));
         }
         let mut pool = Pool {
             nodes: Vec::with_capacity(specs.len()),
@@ -86,6 +92,7 @@ impl Pool {
                 model: spec.model.clone(),
                 cards: spec.cards,
                 free: spec.cards,
+                used: 0,
             });
         }
         Ok(pool)
@@ -138,13 +145,15 @@ impl Pool {
         Some(placement)
     }
 
-    /// Marks cards taken. Placements on unknown nodes (a pool shrunk across a restart) or
-    /// beyond a node's free cards are clamped: the pool never counts below zero.
+    /// Marks cards taken. Placements on nodes no longer in the pool are ignored; beyond a
+    /// node's cards (it shrank across a restart) they are counted, so the node stays full
+    /// until enough of them are given back (I4).
     pub fn take(&mut self, placement: &[Placement]) {
         for item in placement {
             if let Some(&index) = self.by_name.get(&item.node) {
                 let node = &mut self.nodes[index];
-                node.free = node.free.saturating_sub(item.cards);
+                node.used = node.used.saturating_add(item.cards);
+                node.free = node.cards.saturating_sub(node.used);
             }
         }
     }
@@ -154,7 +163,8 @@ impl Pool {
         for item in placement {
             if let Some(&index) = self.by_name.get(&item.node) {
                 let node = &mut self.nodes[index];
-                node.free = (node.free + item.cards).min(node.cards);
+                node.used = node.used.saturating_sub(item.cards);
+                node.free = node.cards.saturating_sub(node.used);
             }
         }
     }
@@ -180,7 +190,7 @@ impl Pool {
 
     /// Cards in use over the whole pool (I4: never above the pool's cards).
     pub fn cards_in_use(&self) -> u32 {
-        self.nodes.iter().map(|node| node.cards - node.free).sum()
+        self.nodes.iter().map(|node| node.used).sum()
     }
 }
 
@@ -240,6 +250,27 @@ mod tests {
     }
 
     #[test]
+    fn r_i4_a_node_that_shrank_under_running_leases_stays_full_until_they_end() {
+        let mut pool = pool();
+        // Node "a" has 4 cards; 6 are held on it (the pool file shrank across a restart).
+        let held = [Placement {
+            node: "a".into(),
+            cards: 3,
+        }];
+        pool.take(&held);
+        pool.take(&held);
+        assert_eq!(pool.nodes()[0].free, 0);
+        pool.give_back(&held);
+        assert_eq!(pool.nodes()[0].free, 1, "3 still held on 4 cards");
+        assert_eq!(
+            pool.place("dc100-80g", 2, 1).map(|p| p[0].node.clone()),
+            Some("c".into())
+        );
+        pool.give_back(&held);
+        assert_eq!(pool.nodes()[0].free, 4);
+    }
+
+    #[test]
     fn r_m4_pool_config_is_checked() {
         let bad = |node: &str, model: &str, cards| {
             let spec = NodeSpec {
@@ -253,5 +284,6 @@ mod tests {
         assert!(bad("a", "h100", 1), "unknown model");
         assert!(bad("a", "dc100-80g", 0), "no cards");
         assert!(bad("", "dc100-80g", 1), "no name");
+        assert!(Pool::new(&[], &["dc100-80g"]).is_err(), "no node at all");
     }
 }

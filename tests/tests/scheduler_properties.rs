@@ -108,7 +108,7 @@ fn check_pool(engine: &Engine<SqliteLog>) -> Result<(), TestCaseError> {
         prop_assert!(state.conservation_holds(), "I1 for {}", account);
     }
     for node in pool.nodes() {
-        let used = node.cards - node.free;
+        let used = node.used;
         prop_assert_eq!(
             used,
             held.get(&node.node).copied().unwrap_or(0),

@@ -457,36 +457,59 @@ async fn run(
                         Err(_) => break,
                     }
                 }
-                serve_batch(&mut engine, &snapshot, &mut publisher, batch, &clock).await;
+                if !serve_batch(&mut engine, &snapshot, &mut publisher, batch, &clock).await {
+                    break;
+                }
             }
             () = tokio::time::sleep(delay) => {
                 // The timer: whatever is due is appended at its own instant, even if no
                 // request comes.
                 let now = clock().max(engine.clock());
-                if engine.next_deadline().is_some_and(|deadline| deadline <= now) {
-                    tick(&mut engine, &snapshot, &mut publisher, now).await;
+                if engine.next_deadline().is_some_and(|deadline| deadline <= now)
+                    && !tick(&mut engine, &snapshot, &mut publisher, now).await
+                {
+                    break;
                 }
             }
         }
         events_appended.store(engine.events_appended(), Ordering::Relaxed);
     }
-    tracing::info!("engine task: queue drained, closing the log");
+    if engine.is_stopped() {
+        // Fail stop: the engine's memory is ahead of the log. Nothing more is served from
+        // it (reads keep the last published, durable snapshot; commands answer 503); the
+        // service must be restarted, which reloads the log.
+        tracing::error!("engine task: stopped after a failed append; restart the service");
+    } else {
+        tracing::info!("engine task: queue drained, closing the log");
+    }
     engine.log().close().await
 }
 
+/// A timer tick. `false` when the engine stopped (its commit failed).
 async fn tick(
     engine: &mut Engine<StoreLog>,
     snapshot: &Snapshot,
     publisher: &mut Publisher,
     now: Timestamp,
-) {
+) -> bool {
     let before = engine.events_appended();
     match engine.tick(now).await {
-        Ok(handled) if handled > 0 => tracing::debug!(handled, %now, "timer tick"),
-        Ok(_) => {}
-        Err(error) => tracing::error!(%error, "timer tick failed; retrying at the next wake-up"),
+        Ok(handled) => {
+            if handled > 0 {
+                tracing::debug!(handled, %now, "timer tick");
+            }
+            publisher.changed(engine, snapshot, None, engine.events_appended() - before);
+            true
+        }
+        Err(error) if engine.is_stopped() => {
+            tracing::error!(%error, "timer tick failed; the engine stops");
+            false
+        }
+        Err(error) => {
+            tracing::error!(%error, "timer tick refused");
+            true
+        }
     }
-    publisher.changed(engine, snapshot, None, engine.events_appended() - before);
 }
 
 /// A lease's info at `now`, from the engine's state.
@@ -521,24 +544,27 @@ enum Deferred {
 /// (each sees the ones before it) and their answers held back; before any other request,
 /// and at the end, everything held is committed in one group commit and then answered. A
 /// failed commit stops the engine: the held callers, and every later one, learn it.
+/// `false` when the engine stopped (a commit failed): the task ends.
 async fn serve_batch(
     engine: &mut Engine<StoreLog>,
     snapshot: &Snapshot,
     publisher: &mut Publisher,
     batch: Vec<Request>,
     clock: &Clock,
-) {
+) -> bool {
     let mut held: Vec<Deferred> = Vec::new();
     let mut before = engine.events_appended();
     for request in batch {
         let now = clock().max(engine.clock());
         if let Some(other) = hold(engine, request, now, &mut held) {
-            release_held(engine, snapshot, publisher, &mut held, before).await;
+            if !release_held(engine, snapshot, publisher, &mut held, before).await {
+                return false;
+            }
             serve(engine, snapshot, publisher, other, now).await;
             before = engine.events_appended();
         }
     }
-    release_held(engine, snapshot, publisher, &mut held, before).await;
+    release_held(engine, snapshot, publisher, &mut held, before).await
 }
 
 /// Stages a command and holds its answer; any other request is handed back.
@@ -576,19 +602,24 @@ fn hold(
 }
 
 /// Commits what the held commands staged, publishes the accounts that moved (before the
-/// answers: whoever saw an answer reads the new state), then answers.
+/// answers: whoever saw an answer reads the new state), then answers. `false` when the
+/// engine stopped.
 async fn release_held(
     engine: &mut Engine<StoreLog>,
     snapshot: &Snapshot,
     publisher: &mut Publisher,
     held: &mut Vec<Deferred>,
     before: u64,
-) {
+) -> bool {
     if held.is_empty() {
-        return;
+        return !engine.is_stopped();
     }
     let committed = engine.commit().await;
-    publisher.changed(engine, snapshot, None, engine.events_appended() - before);
+    if committed.is_ok() {
+        // Only what is durable is published: after a failed commit the snapshot keeps the
+        // last durable state.
+        publisher.changed(engine, snapshot, None, engine.events_appended() - before);
+    }
     for deferred in held.drain(..) {
         let failure = committed
             .as_ref()
@@ -609,6 +640,7 @@ async fn release_held(
             }
         }
     }
+    committed.is_ok()
 }
 
 /// Stages a lease command and works out its answer from the staged state. An account
@@ -672,7 +704,8 @@ async fn serve(
         command @ (Request::Execute { .. } | Request::Lease { .. }) => {
             let mut held = Vec::new();
             if hold(engine, command, now, &mut held).is_none() {
-                release_held(engine, snapshot, publisher, &mut held, before).await;
+                // A stop is seen by the caller of `serve` through `Engine::is_stopped`.
+                let _running = release_held(engine, snapshot, publisher, &mut held, before).await;
             }
         }
         Request::LeaseStatus {

@@ -250,6 +250,11 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         .store
         .clone()
         .unwrap_or_else(|| Store::Sqlite(dir.clone()));
+    if let Store::Sqlite(log_dir) = &store {
+        // A log changed behind its back is refused rather than served (SPEC I3: the log is
+        // the only truth, so a forged event would become a balance).
+        crate::store::check_sqlite_chain(log_dir)?;
+    }
     let log = StoreLog::open(&store)?;
     let mut engine = Engine::open_with_pool(
         log,

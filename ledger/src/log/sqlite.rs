@@ -206,6 +206,33 @@ fn hex(hash: &[u8]) -> String {
     hash.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// The log holds every account's history: readable by the service's user only (its WAL and
+/// shared-memory files are created by SQLite with the same mode).
+/// Creates the file (empty: SQLite makes it a new database) or restricts the existing one,
+/// before SQLite opens it.
+#[cfg(unix)]
+fn restrict_to_owner(path: &Path) -> Result<(), LogError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |e: std::io::Error| {
+        LogError::Storage(format!(
+            "cannot restrict {} to its owner: {e}",
+            path.display()
+        ))
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(failed)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &Path) -> Result<(), LogError> {
+    Ok(())
+}
+
 /// Checks every link of the log in `dir` (read only) and names the first broken row.
 pub fn verify_chain(dir: &Path) -> Result<ChainReport, LogError> {
     let path = dir.join(DB_FILE_NAME);
@@ -365,6 +392,7 @@ impl SqliteLog {
             ))
         })?;
         let path = dir.join(DB_FILE_NAME);
+        restrict_to_owner(&path)?;
         let mut conn = open_writer_connection(&path)?;
         migrate(&mut conn)?;
         let last_position: u64 = conn
