@@ -441,7 +441,7 @@ pub async fn run(trace: &Trace, options: &SimulateOptions, dir: &Path) -> anyhow
         // Steps are decided at once (each sees the ones before it) and made durable in
         // batches: one group commit per batch, the same log as one commit per step.
         staged += 1;
-        if staged % COMMIT_EVERY_STEPS == 0 {
+        if staged.is_multiple_of(COMMIT_EVERY_STEPS) {
             engine.commit().await?;
         }
         last_at = last_at.max(at);
