@@ -240,12 +240,18 @@ impl<L: EventLog> Engine<L> {
     }
 
     fn slot_mut(&mut self, account: &str) -> &mut Slot {
-        self.accounts
-            .entry(account.to_string())
-            .or_insert_with(|| Slot {
+        // Looked up before inserting: `entry` would allocate the key for every event folded.
+        if !self.accounts.contains_key(account) {
+            let slot = Slot {
                 state: AccountState::new(account),
                 revision: None,
-            })
+            };
+            self.accounts.insert(account.to_string(), slot);
+        }
+        // An invariant, not an input: the slot was inserted just above if it was missing.
+        self.accounts
+            .get_mut(account)
+            .expect("the account's slot exists")
     }
 
     pub fn context(&self) -> &Context {
