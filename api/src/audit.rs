@@ -246,7 +246,8 @@ impl LoadedLog {
 /// An instant in business time with UTC in brackets: `2025-05-15 00:00:00 +08:00
 /// [2025-05-14T16:00:00Z]`.
 pub fn business_time(at: Timestamp) -> String {
-    let local = time::OffsetDateTime::from_unix_timestamp(at.seconds() + 8 * 3_600)
+    let local = at
+        .in_business_time()
         .map(|t| {
             format!(
                 "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",

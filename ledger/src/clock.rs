@@ -12,6 +12,8 @@ use time::{OffsetDateTime, UtcOffset};
 
 /// Seconds in a day.
 pub const DAY_S: i64 = 86_400;
+/// U2: the platform's business day is Asia/Shanghai's, UTC+08:00 (no daylight saving).
+pub const BUSINESS_OFFSET_S: i64 = 8 * 3_600;
 /// U3: a period lasts exactly 30 days.
 pub const PERIOD_S: i64 = 30 * DAY_S;
 /// C1: a carry-over window lasts 30 days.
@@ -70,10 +72,25 @@ impl Timestamp {
 
     /// U2: the business day (Asia/Shanghai, +08:00) this instant falls on, as `YYYY-MM-DD`.
     pub fn business_day(self) -> String {
-        let offset = UtcOffset::from_hms(8, 0, 0).unwrap_or(UtcOffset::UTC);
-        OffsetDateTime::from_unix_timestamp(self.0)
-            .map(|instant| instant.to_offset(offset).date().to_string())
+        self.in_business_time()
+            .map(|instant| instant.date().to_string())
             .unwrap_or_default()
+    }
+
+    /// U2: the first instant of the next business day.
+    pub fn next_business_midnight(self) -> Timestamp {
+        let local = self.0 + BUSINESS_OFFSET_S;
+        Timestamp((local.div_euclid(DAY_S) + 1) * DAY_S - BUSINESS_OFFSET_S)
+    }
+
+    /// U2: this instant on the business clock (+08:00).
+    pub fn in_business_time(self) -> Option<OffsetDateTime> {
+        let offset = UtcOffset::from_whole_seconds(BUSINESS_OFFSET_S as i32).ok()?;
+        Some(
+            OffsetDateTime::from_unix_timestamp(self.0)
+                .ok()?
+                .to_offset(offset),
+        )
     }
 }
 
@@ -111,6 +128,19 @@ mod tests {
         let instant = Timestamp::parse("2025-04-01T00:00:00+08:00").expect("valid");
         assert_eq!(instant.to_rfc3339(), "2025-03-31T16:00:00Z");
         assert_eq!(instant.business_day(), "2025-04-01");
+    }
+
+    #[test]
+    fn r_u2_business_days_turn_at_midnight_in_shanghai() {
+        let evening = Timestamp::parse("2025-04-01T15:59:59Z").expect("valid");
+        assert_eq!(evening.business_day(), "2025-04-01");
+        let midnight = evening.next_business_midnight();
+        assert_eq!(midnight.to_rfc3339(), "2025-04-01T16:00:00Z");
+        assert_eq!(midnight.business_day(), "2025-04-02");
+        assert_eq!(
+            midnight.next_business_midnight().to_rfc3339(),
+            "2025-04-02T16:00:00Z"
+        );
     }
 
     #[test]

@@ -28,9 +28,6 @@ use crate::statement::{booked_before, kind_name, walk, Balances, LoggedEvent};
 /// Most business days a report lists day by day (ten years).
 pub const MAX_REPORT_DAYS: i64 = 3_660;
 
-/// Asia/Shanghai is UTC+8 all year (U2).
-const SHANGHAI_OFFSET_S: i64 = 8 * 3_600;
-
 /// One end of the range.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct End {
@@ -268,9 +265,7 @@ fn day_bounds(from: Timestamp, to: Timestamp) -> Result<Vec<(Timestamp, Timestam
     let mut bounds = Vec::new();
     let mut start = from;
     while start < to {
-        let local = start.seconds() + SHANGHAI_OFFSET_S;
-        let next_midnight = (local.div_euclid(DAY_S) + 1) * DAY_S - SHANGHAI_OFFSET_S;
-        let end = Timestamp(next_midnight).min(to);
+        let end = start.next_business_midnight().min(to);
         bounds.push((start, end));
         start = end;
     }
