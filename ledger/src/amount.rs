@@ -185,8 +185,18 @@ impl Serialize for Dcu {
 
 impl<'de> Deserialize<'de> for Dcu {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Dcu, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Dcu::parse(&text).map_err(serde::de::Error::custom)
+        // A visitor of `&str`: no allocation per value (folding the log parses many).
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Dcu;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a decimal amount as a string, e.g. \"66.6\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Dcu, E> {
+                Dcu::parse(text).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text)
     }
 }
 
