@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AppendOutcome, EventLog, ExpectedRevision, LogError, NewEvent, RecordedEvent, Subscription,
-    MAX_EVENTS_PER_APPEND, MAX_READ_COUNT,
+    MAX_READ_COUNT,
 };
 
 /// Resubscriptions tried in a row (without an event delivered in between) before the
@@ -67,12 +67,6 @@ pub const RETRY_BASE_DELAY: Duration = Duration::from_millis(200);
 
 /// Longest delay between two resubscriptions.
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
-
-/// Longest stream name accepted, in bytes (the same bound as the SQLite log).
-pub const MAX_STREAM_NAME_BYTES: usize = 512;
-
-/// Longest event type name accepted, in bytes (the same bound as the SQLite log).
-pub const MAX_EVENT_TYPE_BYTES: usize = 256;
 
 /// Events read from `$all` per request while paging past system events.
 const READ_ALL_PAGE: usize = 1_000;
@@ -142,7 +136,7 @@ impl KurrentLog {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, LogError> {
-        validate_append(&stream, &events)?;
+        super::validate_append(&stream, &events, Some('$'))?;
         let Some(last_id) = events.last().map(|e| e.id) else {
             return self.empty_append(&stream, expected).await;
         };
@@ -549,49 +543,6 @@ fn to_recorded(resolved: &ResolvedEvent, from_stream: bool) -> Result<RecordedEv
     })
 }
 
-fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), LogError> {
-    if stream.is_empty() {
-        return Err(LogError::Invalid("the stream name is empty".to_owned()));
-    }
-    if stream.starts_with('$') {
-        return Err(LogError::Invalid(format!(
-            "stream {stream}: names starting with $ are KurrentDB system streams"
-        )));
-    }
-    if stream.len() > MAX_STREAM_NAME_BYTES {
-        return Err(LogError::Invalid(format!(
-            "the stream name is {} bytes long, more than {MAX_STREAM_NAME_BYTES}",
-            stream.len()
-        )));
-    }
-    if events.len() > MAX_EVENTS_PER_APPEND {
-        return Err(LogError::Invalid(format!(
-            "{} events in one append, more than {MAX_EVENTS_PER_APPEND}",
-            events.len()
-        )));
-    }
-    let mut ids = std::collections::HashSet::with_capacity(events.len());
-    for event in events {
-        if event.event_type.is_empty()
-            || event.event_type.len() > MAX_EVENT_TYPE_BYTES
-            || event.event_type.starts_with('$')
-        {
-            return Err(LogError::Invalid(format!(
-                "event {}: the type name must be 1 to {MAX_EVENT_TYPE_BYTES} bytes, not \
-                 starting with $",
-                event.id
-            )));
-        }
-        if !ids.insert(event.id) {
-            return Err(LogError::Invalid(format!(
-                "event id {} appears twice in one append",
-                event.id
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,7 +602,7 @@ mod tests {
             data: b"{}".to_vec(),
         };
         assert!(matches!(
-            validate_append("$all", std::slice::from_ref(&event)),
+            crate::log::validate_append("$all", std::slice::from_ref(&event), Some('$')),
             Err(LogError::Invalid(_))
         ));
         let system_type = NewEvent {
@@ -659,10 +610,10 @@ mod tests {
             ..event.clone()
         };
         assert!(matches!(
-            validate_append("s", &[system_type]),
+            crate::log::validate_append("s", &[system_type], Some('$')),
             Err(LogError::Invalid(_))
         ));
-        assert!(validate_append("s", &[event]).is_ok());
+        assert!(crate::log::validate_append("s", &[event], Some('$')).is_ok());
     }
 
     #[test]

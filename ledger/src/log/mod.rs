@@ -25,6 +25,58 @@ pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
 /// Most events one read may return; callers page with `from`.
 pub const MAX_READ_COUNT: usize = 100_000;
 
+/// Longest stream name and event type name an append may carry.
+pub const MAX_STREAM_NAME_BYTES: usize = 512;
+pub const MAX_EVENT_TYPE_BYTES: usize = 256;
+
+/// The checks every backend makes before an append: a stream name of 1 to
+/// `MAX_STREAM_NAME_BYTES` bytes, at most `MAX_EVENTS_PER_APPEND` events, type names of 1 to
+/// `MAX_EVENT_TYPE_BYTES` bytes, and no event id twice. `reserved_prefix`: a prefix the
+/// backend keeps for itself (KurrentDB's `$` system streams and types).
+pub fn validate_append(
+    stream: &str,
+    events: &[NewEvent],
+    reserved_prefix: Option<char>,
+) -> Result<(), LogError> {
+    let invalid = |message: String| Err(LogError::Invalid(message));
+    if stream.is_empty() {
+        return invalid("the stream name is empty".to_owned());
+    }
+    if stream.len() > MAX_STREAM_NAME_BYTES {
+        return invalid(format!(
+            "the stream name is {} bytes long, more than {MAX_STREAM_NAME_BYTES}",
+            stream.len()
+        ));
+    }
+    let reserved = |name: &str| reserved_prefix.is_some_and(|prefix| name.starts_with(prefix));
+    if reserved(stream) {
+        return invalid(format!(
+            "stream {stream}: the name's prefix is reserved by the store"
+        ));
+    }
+    if events.len() > MAX_EVENTS_PER_APPEND {
+        return invalid(format!(
+            "{} events in one append, more than {MAX_EVENTS_PER_APPEND}",
+            events.len()
+        ));
+    }
+    let mut ids = std::collections::HashSet::with_capacity(events.len());
+    for event in events {
+        let type_name = &event.event_type;
+        if type_name.is_empty() || type_name.len() > MAX_EVENT_TYPE_BYTES || reserved(type_name) {
+            return invalid(format!(
+                "event {}: the type name must be 1 to {MAX_EVENT_TYPE_BYTES} bytes, without the \
+                 store's reserved prefix",
+                event.id
+            ));
+        }
+        if !ids.insert(event.id) {
+            return invalid(format!("event id {} appears twice in one append", event.id));
+        }
+    }
+    Ok(())
+}
+
 /// What the writer expects the stream's revision to be before its append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedRevision {

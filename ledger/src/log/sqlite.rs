@@ -70,7 +70,7 @@
 //! Subscriptions read history in pages, then wait on a `watch` channel of the last committed
 //! position, which the writer updates after each commit.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,7 +85,7 @@ use uuid::Uuid;
 
 use super::{
     AppendOutcome, EventLog, ExpectedRevision, LogError, NewEvent, RecordedEvent, Subscription,
-    MAX_EVENTS_PER_APPEND, MAX_READ_COUNT,
+    MAX_READ_COUNT,
 };
 
 /// Name of the database file inside the data directory.
@@ -108,12 +108,6 @@ pub const MAX_BATCH_APPENDS: usize = 256;
 /// The writer stops adding requests to a batch once it holds this many events (a single
 /// request may carry up to `MAX_EVENTS_PER_APPEND`, so a batch may exceed it by that much).
 pub const MAX_BATCH_EVENTS: usize = 50_000;
-
-/// Longest stream name accepted, in bytes.
-pub const MAX_STREAM_NAME_BYTES: usize = 512;
-
-/// Longest event type name accepted, in bytes.
-pub const MAX_EVENT_TYPE_BYTES: usize = 256;
 
 /// The writer's map of stream heads is cleared when it grows past this many streams; heads
 /// are reloaded from the database on next use, so this only bounds memory.
@@ -505,7 +499,7 @@ impl EventLog for SqliteLog {
     ) -> impl Future<Output = Result<AppendOutcome, LogError>> + Send {
         let stream = stream.to_owned();
         async move {
-            validate_append(&stream, &events)?;
+            super::validate_append(&stream, &events, None)?;
             let sender = self.sender()?;
             let (reply, answer) = oneshot::channel();
             let request = AppendRequest {
@@ -620,40 +614,6 @@ impl Subscription for SqliteSubscription {
 
 // ---------------------------------------------------------------------------------------
 // Validation
-
-fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), LogError> {
-    if stream.is_empty() {
-        return Err(LogError::Invalid("the stream name is empty".to_owned()));
-    }
-    if stream.len() > MAX_STREAM_NAME_BYTES {
-        return Err(LogError::Invalid(format!(
-            "the stream name is {} bytes long, more than {MAX_STREAM_NAME_BYTES}",
-            stream.len()
-        )));
-    }
-    if events.len() > MAX_EVENTS_PER_APPEND {
-        return Err(LogError::Invalid(format!(
-            "{} events in one append, more than {MAX_EVENTS_PER_APPEND}",
-            events.len()
-        )));
-    }
-    let mut ids = HashSet::with_capacity(events.len());
-    for event in events {
-        if event.event_type.is_empty() || event.event_type.len() > MAX_EVENT_TYPE_BYTES {
-            return Err(LogError::Invalid(format!(
-                "event {}: the type name must be 1 to {MAX_EVENT_TYPE_BYTES} bytes",
-                event.id
-            )));
-        }
-        if !ids.insert(event.id) {
-            return Err(LogError::Invalid(format!(
-                "event id {} appears twice in one append",
-                event.id
-            )));
-        }
-    }
-    Ok(())
-}
 
 // ---------------------------------------------------------------------------------------
 // Connections and schema
