@@ -6,7 +6,10 @@
 //! never consults the catalog.
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use serde::de::{self, value::MapAccessDeserializer, DeserializeSeed, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::amount::Dcu;
 use crate::clock::Timestamp;
@@ -123,17 +126,62 @@ pub struct LeaseTerms {
     pub ttl_s: u32,
 }
 
+/// Defines `EventBody` once and derives from that one list: its serde form (internally
+/// tagged by `type`, as stored), its type names, and a one-pass decoder that reads a
+/// variant's fields straight from the payload once its tag is known
+/// (`EventBody::from_fields`), so decoding does not buffer every event the way serde's
+/// internally tagged and flattened derives do.
+macro_rules! event_bodies {
+    ($(
+        $(#[$meta:meta])*
+        $variant:ident $({ $($field:ident : $ty:ty),* $(,)? })?
+    ),* $(,)?) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(tag = "type", deny_unknown_fields)]
+        pub enum EventBody {
+            $( $(#[$meta])* $variant $({ $($field: $ty),* })? ),*
+        }
+
+        impl EventBody {
+            /// The type name stored beside the payload.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $( EventBody::$variant { .. } => stringify!($variant) ),*
+                }
+            }
+
+            /// Reads the fields of variant `tag` from the rest of a payload's map; `None`
+            /// for a tag this build does not know.
+            fn from_fields<'de, A: MapAccess<'de>>(
+                tag: &str,
+                map: A,
+            ) -> Result<Option<EventBody>, A::Error> {
+                match tag {
+                    $( stringify!($variant) => {
+                        #[derive(Deserialize)]
+                        #[serde(deny_unknown_fields)]
+                        struct Fields { $($($field: $ty),*)? }
+                        #[allow(unused_variables)]
+                        let fields = Fields::deserialize(MapAccessDeserializer::new(map))?;
+                        Ok(Some(EventBody::$variant $({ $($field: fields.$field),* })?))
+                    } )*
+                    _ => Ok(None),
+                }
+            }
+        }
+    };
+}
+
 /// Everything that can happen to an account, with the instant it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
     pub at: Timestamp,
     #[serde(flatten)]
     pub body: EventBody,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub enum EventBody {
+event_bodies! {
+
     /// A1
     AccountOpened { account: String, edu: bool },
     /// P1: a new period starts with this plan.
@@ -242,35 +290,89 @@ pub enum EventBody {
     },
 }
 
-/// The item every invoice is issued for (the manual: 技术服务费, "technical service fee").
-pub const INVOICE_ITEM: &str = "技术服务费";
-
-impl EventBody {
-    /// The type name stored beside the payload.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            EventBody::AccountOpened { .. } => "AccountOpened",
-            EventBody::PlanStarted { .. } => "PlanStarted",
-            EventBody::PlanUpgraded { .. } => "PlanUpgraded",
-            EventBody::PlanQueued { .. } => "PlanQueued",
-            EventBody::QueuedPlanStarted { .. } => "QueuedPlanStarted",
-            EventBody::ExtensionGranted { .. } => "ExtensionGranted",
-            EventBody::PeriodEnded { .. } => "PeriodEnded",
-            EventBody::CarryOverActivated { .. } => "CarryOverActivated",
-            EventBody::BucketExpired { .. } => "BucketExpired",
-            EventBody::LoggedIn => "LoggedIn",
-            EventBody::StorageReported { .. } => "StorageReported",
-            EventBody::StorageReclaimed { .. } => "StorageReclaimed",
-            EventBody::Banned { .. } => "Banned",
-            EventBody::UsageRecorded { .. } => "UsageRecorded",
-            EventBody::LeaseQueued { .. } => "LeaseQueued",
-            EventBody::LeaseGranted { .. } => "LeaseGranted",
-            EventBody::LeaseMetered { .. } => "LeaseMetered",
-            EventBody::LeaseEnded { .. } => "LeaseEnded",
-            EventBody::InvoiceRecorded { .. } => "InvoiceRecorded",
-        }
+/// Reads `{"at": …, "type": …, fields…}`. `Event::encode` writes `at` and `type` first, and
+/// then the variant's fields are read in the same pass; a payload with its keys in another
+/// order is still read, through a buffered `serde_json::Value`.
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Event, D::Error> {
+        deserializer.deserialize_map(EventVisitor)
     }
 }
+
+struct EventVisitor;
+
+impl<'de> Visitor<'de> for EventVisitor {
+    type Value = Event;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event: a map with `at`, `type` and the type's fields")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event, A::Error> {
+        let mut at: Option<Timestamp> = None;
+        let mut tag: Option<Cow<'de, str>> = None;
+        let mut buffered = serde_json::Map::new();
+        while let Some(key) = map.next_key_seed(CowStr)? {
+            match key.as_ref() {
+                "at" if at.is_none() => at = Some(map.next_value()?),
+                "type" if tag.is_none() => tag = Some(map.next_value_seed(CowStr)?),
+                _ => {
+                    let value: serde_json::Value = map.next_value()?;
+                    buffered.insert(key.into_owned(), value);
+                }
+            }
+            if let (Some(at), Some(tag), true) = (at, tag.as_ref(), buffered.is_empty()) {
+                return match EventBody::from_fields(tag, map)? {
+                    Some(body) => Ok(Event { at, body }),
+                    None => Err(de::Error::custom(format_args!(
+                        "unknown event type `{tag}`"
+                    ))),
+                };
+            }
+        }
+        // The slow path: keys in another order than `encode` writes them.
+        let at = at.ok_or_else(|| de::Error::missing_field("at"))?;
+        let tag = tag.ok_or_else(|| de::Error::missing_field("type"))?;
+        buffered.insert("type".into(), serde_json::Value::String(tag.into_owned()));
+        let body = EventBody::deserialize(serde_json::Value::Object(buffered))
+            .map_err(de::Error::custom)?;
+        Ok(Event { at, body })
+    }
+}
+
+/// A string borrowed from the payload where it can be (no escapes), owned where it must be.
+struct CowStr;
+
+impl<'de> DeserializeSeed<'de> for CowStr {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CowStr {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// The item every invoice is issued for (the manual: 技术服务费, "technical service fee").
+pub const INVOICE_ITEM: &str = "技术服务费";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -306,5 +408,89 @@ impl Event {
             });
         }
         Ok(event)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn opened() -> Event {
+        Event {
+            at: Timestamp::parse("2026-01-01T00:00:00Z").unwrap(),
+            body: EventBody::AccountOpened {
+                account: "alice".into(),
+                edu: true,
+            },
+        }
+    }
+
+    #[test]
+    fn r_i3_encode_then_decode_gives_the_event_back() {
+        let metered = Event {
+            at: Timestamp::parse("2026-01-01T00:10:00Z").unwrap(),
+            body: EventBody::LeaseMetered {
+                lease: "l\"1".into(),
+                heartbeat: true,
+                seconds_total: 600,
+                charge: Charge {
+                    amount: Dcu::parse("1.5").unwrap(),
+                    debits: vec![BucketAmount {
+                        bucket: 1,
+                        amount: Dcu::parse("1.5").unwrap(),
+                    }],
+                    arrears_added: Dcu::ZERO,
+                },
+            },
+        };
+        let logged_in = Event {
+            at: Timestamp::parse("2026-01-01T00:00:01Z").unwrap(),
+            body: EventBody::LoggedIn,
+        };
+        for event in [opened(), metered, logged_in] {
+            let data = event.encode();
+            let back = Event::decode(event.body.type_name(), EVENT_VERSION, &data).unwrap();
+            assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn r_i3_keys_in_another_order_decode_to_the_same_event() {
+        let data =
+            br#"{"account":"alice","type":"AccountOpened","edu":true,"at":"2026-01-01T00:00:00Z"}"#;
+        assert_eq!(Event::decode("AccountOpened", 1, data).unwrap(), opened());
+        let data =
+            br#"{"type":"AccountOpened","at":"2026-01-01T00:00:00Z","account":"alice","edu":true}"#;
+        assert_eq!(Event::decode("AccountOpened", 1, data).unwrap(), opened());
+    }
+
+    #[test]
+    fn r_i3_a_payload_this_build_does_not_understand_is_refused() {
+        let cases: [(&str, &[u8]); 6] = [
+            ("AccountOpened", br#"{"at":"2026-01-01T00:00:00Z","type":"AccountOpened","account":"a","edu":true,"extra":1}"#),
+            ("AccountOpened", br#"{"extra":1,"at":"2026-01-01T00:00:00Z","type":"AccountOpened","account":"a","edu":true}"#),
+            ("AccountOpened", br#"{"at":"2026-01-01T00:00:00Z","type":"AccountOpened","account":"a"}"#),
+            ("Nope", br#"{"at":"2026-01-01T00:00:00Z","type":"Nope"}"#),
+            ("AccountOpened", br#"{"type":"AccountOpened","account":"a","edu":true}"#),
+            ("AccountOpened", br#"[1,2]"#),
+        ];
+        for (event_type, data) in cases {
+            let result = Event::decode(event_type, 1, data);
+            assert!(
+                matches!(result, Err(DecodeError::Payload(_))),
+                "{}: {result:?}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        let opened = opened().encode();
+        assert!(matches!(
+            Event::decode("LoggedIn", 1, &opened),
+            Err(DecodeError::TypeMismatch { .. })
+        ));
+        assert!(matches!(
+            Event::decode("AccountOpened", 2, &opened),
+            Err(DecodeError::UnknownVersion { .. })
+        ));
     }
 }

@@ -147,6 +147,32 @@ fn decode(recorded: &RecordedEvent) -> Result<Event, EngineError> {
     })
 }
 
+/// An account's event, decoded from the log.
+struct Decoded {
+    account: String,
+    revision: u64,
+    event: Event,
+}
+
+/// Decodes the events of account streams in a page; other streams are skipped.
+fn decode_page(page: Vec<RecordedEvent>) -> Result<Vec<Decoded>, EngineError> {
+    let mut decoded = Vec::with_capacity(page.len());
+    for recorded in page {
+        if !recorded.stream.starts_with(STREAM_PREFIX) {
+            continue;
+        }
+        let event = decode(&recorded)?;
+        let mut account = recorded.stream;
+        account.replace_range(..STREAM_PREFIX.len(), "");
+        decoded.push(Decoded {
+            account,
+            revision: recorded.revision,
+            event,
+        });
+    }
+    Ok(decoded)
+}
+
 fn encode(event: &Event) -> NewEvent {
     NewEvent {
         // Time-ordered ids keep the log's unique id index append-mostly (random v4 ids
@@ -192,24 +218,40 @@ impl<L: EventLog> Engine<L> {
             stopped: None,
         };
         let mut queued_order: Vec<(String, String, String)> = Vec::new();
+        // A pipeline of three: while this task folds page n, a blocking thread decodes page
+        // n + 1 and the log reads page n + 2. The fold stays in log order.
         let mut after = 0;
+        let mut decoding: Option<tokio::task::JoinHandle<Result<Vec<Decoded>, EngineError>>> = None;
         loop {
             let page = engine.log.read_all(after, MAX_READ_COUNT).await?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for recorded in &page {
-                let Some(account) = recorded.stream.strip_prefix(STREAM_PREFIX) else {
-                    continue;
-                };
-                let event = decode(recorded)?;
-                engine.clock = engine.clock.max(event.at);
-                if let EventBody::LeaseQueued { lease, terms } = &event.body {
-                    queued_order.push((terms.model.clone(), lease.clone(), account.into()));
+            let next = page.last().map(|last| last.position).map(|last| {
+                after = last;
+                tokio::task::spawn_blocking(move || decode_page(page))
+            });
+            if let Some(previous) = decoding.take() {
+                let decoded = previous.await.map_err(|error| EngineError::Corrupt {
+                    position: after,
+                    message: format!("decoding a page of the log failed: {error}"),
+                })??;
+                for Decoded {
+                    account,
+                    revision,
+                    event,
+                } in decoded
+                {
+                    engine.clock = engine.clock.max(event.at);
+                    if let EventBody::LeaseQueued { lease, terms } = &event.body {
+                        queued_order.push((terms.model.clone(), lease.clone(), account.clone()));
+                    }
+                    let slot = engine.slot_mut(&account);
+                    slot.state.evolve(&event);
+                    slot.revision = Some(revision);
+                    engine.index(&account, &event);
                 }
-                let slot = engine.slot_mut(account);
-                slot.state.evolve(&event);
-                slot.revision = Some(recorded.revision);
-                engine.index(account, &event);
+            }
+            match next {
+                Some(next) => decoding = Some(next),
+                None => break,
             }
         }
         for (model, lease, account) in queued_order {
