@@ -402,8 +402,12 @@ impl<L: EventLog> Engine<L> {
         };
         let events = due::due(&slot.state, now);
         if events.is_empty() {
-            // Nothing was due after all: forget the deadline until the state changes.
-            self.forget_deadline(account);
+            // Nothing was due after all: forget a deadline that has come (until the state
+            // changes), but keep a later one: this is also called for an account whose turn
+            // in a queue came, and its timers must still fire.
+            if self.deadline_of.get(account).is_some_and(|at| *at <= now) {
+                self.forget_deadline(account);
+            }
             return;
         }
         self.stage(account, &events);
@@ -431,17 +435,24 @@ impl<L: EventLog> Engine<L> {
                 self.drop_from_queue(model, &lease);
                 continue;
             };
-            if !slot.state.queued_leases.contains_key(&lease) {
+            // Its turn comes when its cards are free; only then is M3 checked again. So a
+            // queued lease's fate depends on its own model's cards and queue alone, never on
+            // other models or on when the engine last started.
+            let Some(terms) = slot
+                .state
+                .queued_leases
+                .get(&lease)
+                .map(|queued| &queued.terms)
+            else {
                 self.drop_from_queue(model, &lease);
                 continue;
-            }
+            };
+            let Some(placement) = self.place(&terms.model, terms.cards_per_worker, terms.workers)
+            else {
+                return;
+            };
             let placement = match decide::admit_queued(&slot.state, &self.context, &lease, now) {
-                Ok(terms) => {
-                    match self.place(&terms.model, terms.cards_per_worker, terms.workers) {
-                        Some(placement) => placement,
-                        None => return,
-                    }
-                }
+                Ok(_) => placement,
                 Err(_) => Vec::new(),
             };
             let event = decide::grant_queued(&slot.state, &self.context, &lease, placement, now);
@@ -651,6 +662,15 @@ impl<L: EventLog> Engine<L> {
             return Ok(Vec::new());
         }
         let terms = decide::admit(state, &self.context, request, now)?;
+        if let Some(pool) = &self.pool {
+            if !pool.can_ever_place(&terms.model, terms.cards_per_worker, terms.workers) {
+                return Err(Refusal::invalid(format!(
+                    "{} worker(s) of {} {} card(s) each do not fit in this pool even when it is \
+                     empty (a worker's cards are on one node): it would wait forever",
+                    terms.workers, terms.cards_per_worker, terms.model
+                )));
+            }
+        }
         let queue_empty = self.queues.get(&terms.model).is_none_or(VecDeque::is_empty);
         let placement = if queue_empty {
             self.place(&terms.model, terms.cards_per_worker, terms.workers)
@@ -773,6 +793,8 @@ impl<L: EventLog> Engine<L> {
                         .map(|ended| ended.model.clone());
                     if let Some(model) = model {
                         self.drop_from_queue(&model, lease);
+                        // The lease behind it may fit now.
+                        self.cards_freed = true;
                     }
                 }
             },

@@ -125,7 +125,25 @@ impl Pool {
         cards_per_worker: u32,
         workers: u32,
     ) -> Option<Vec<Placement>> {
-        let mut free: Vec<u32> = self.nodes.iter().map(|node| node.free).collect();
+        let free = self.nodes.iter().map(|node| node.free).collect();
+        self.first_fit(free, model, cards_per_worker, workers)
+    }
+
+    /// Whether the request would fit in this pool with every card free: one that would not
+    /// can only wait forever, so it is refused rather than queued.
+    pub fn can_ever_place(&self, model: &str, cards_per_worker: u32, workers: u32) -> bool {
+        let free = self.nodes.iter().map(|node| node.cards).collect();
+        self.first_fit(free, model, cards_per_worker, workers)
+            .is_some()
+    }
+
+    fn first_fit(
+        &self,
+        mut free: Vec<u32>,
+        model: &str,
+        cards_per_worker: u32,
+        workers: u32,
+    ) -> Option<Vec<Placement>> {
         let mut placement: Vec<Placement> = Vec::new();
         for _ in 0..workers {
             let index =
