@@ -12,6 +12,22 @@ use crate::amount::Dcu;
 /// Upper bounds that keep a catalog file sane.
 const MAX_PLANS: usize = 64;
 const MAX_MODELS: usize = 64;
+/// Bounds that keep every product of the catalog's numbers inside its integer types: at
+/// most 64 × 64 cards × 1 024 units per lease.
+const MAX_UNITS_PER_CARD: u32 = 1_024;
+const MAX_PARALLELISM_CAP: u32 = 1_000_000;
+const MAX_RATE_DCU_PER_HOUR: i64 = 1_000_000;
+const MAX_PER_UNIT: u32 = 1_000_000;
+
+/// The largest price in CNY, of a catalog entry or an order.
+pub const MAX_PRICE_CNY: i64 = 1_000_000_000;
+
+/// A price is 0 to `MAX_PRICE_CNY` CNY in fen (at most 2 decimals).
+pub fn price_is_valid(price: Decimal) -> bool {
+    !price.is_sign_negative()
+        && price.normalize().scale() <= 2
+        && price <= Decimal::from(MAX_PRICE_CNY)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,12 +124,39 @@ impl Catalog {
             if self.plans[..index].iter().any(|other| other.id == plan.id) {
                 return invalid(format!("plan id {:?} twice", plan.id));
             }
-            if !plan.grant_dcu.is_positive() || plan.price_cny.is_sign_negative() {
+            if !plan.grant_dcu.is_positive() {
                 return invalid(format!("plan {:?} needs a positive grant", plan.id));
+            }
+            if plan.parallelism_cap > MAX_PARALLELISM_CAP || plan.storage_gb > MAX_PER_UNIT {
+                return invalid(format!(
+                    "plan {:?}: parallelism_cap and storage_gb are at most {MAX_PARALLELISM_CAP}",
+                    plan.id
+                ));
+            }
+            if !price_is_valid(plan.price_cny) || !price_is_valid(plan.edu_price_cny) {
+                return invalid(format!(
+                    "plan {:?}: prices are 0 to {MAX_PRICE_CNY} CNY with at most 2 decimals",
+                    plan.id
+                ));
             }
         }
         if !self.extension.grant_dcu.is_positive() {
             return invalid("the extension pack needs a positive grant".into());
+        }
+        if !price_is_valid(self.extension.price_cny)
+            || !price_is_valid(self.extension.edu_price_cny)
+        {
+            return invalid(format!(
+                "the extension pack's prices are 0 to {MAX_PRICE_CNY} CNY with at most 2 decimals"
+            ));
+        }
+        if self.cpus_per_unit > MAX_PER_UNIT
+            || self.scratch_gb_per_unit > MAX_PER_UNIT
+            || self.beta_storage_gb.is_some_and(|gb| gb > MAX_PER_UNIT)
+        {
+            return invalid(format!(
+                "cpus_per_unit, scratch_gb_per_unit and beta_storage_gb are at most {MAX_PER_UNIT}"
+            ));
         }
         for (index, model) in self.models.iter().enumerate() {
             if self.models[..index]
@@ -122,9 +165,20 @@ impl Catalog {
             {
                 return invalid(format!("model id {:?} twice", model.id));
             }
-            if !model.rate_dcu_per_hour.is_positive() || model.units_per_card == 0 {
+            if !model.rate_dcu_per_hour.is_positive()
+                || model.rate_dcu_per_hour > Dcu::from_micros(MAX_RATE_DCU_PER_HOUR * 1_000_000)
+                || model.units_per_card == 0
+                || model.units_per_card > MAX_UNITS_PER_CARD
+            {
                 return invalid(format!(
-                    "model {:?} needs a positive rate and units",
+                    "model {:?} needs a rate of more than 0 and at most {MAX_RATE_DCU_PER_HOUR} \
+                     DCU/h, and 1 to {MAX_UNITS_PER_CARD} units per card",
+                    model.id
+                ));
+            }
+            if model.cpus_per_card > MAX_PER_UNIT || model.memory_gb_per_card > MAX_PER_UNIT {
+                return invalid(format!(
+                    "model {:?}: cpus_per_card and memory_gb_per_card are at most {MAX_PER_UNIT}",
                     model.id
                 ));
             }
@@ -228,5 +282,26 @@ mod tests {
         assert!(Catalog::from_json("not json").is_err());
         let duplicated = text.replace("\"basic\"", "\"trial\"");
         assert!(Catalog::from_json(&duplicated).is_err());
+    }
+
+    #[test]
+    fn r_k1_a_catalog_with_out_of_range_numbers_is_refused() {
+        let edits: [fn(&mut Catalog); 8] = [
+            |c| c.models[0].units_per_card = u32::MAX,
+            |c| c.models[0].units_per_card = 1 << 29,
+            |c| c.models[0].rate_dcu_per_hour = Dcu::from_micros(i64::MAX / 2),
+            |c| c.plans[0].edu_price_cny = Decimal::new(-1, 0),
+            |c| c.plans[0].price_cny = Decimal::new(1_001, 3),
+            |c| c.extension.edu_price_cny = Decimal::new(-5, 1),
+            |c| c.plans[0].parallelism_cap = u32::MAX,
+            |c| c.cpus_per_unit = u32::MAX,
+        ];
+        for (index, edit) in edits.iter().enumerate() {
+            let mut catalog = Catalog::default();
+            edit(&mut catalog);
+            assert!(catalog.validate().is_err(), "edit {index} was accepted");
+            let text = serde_json::to_string(&catalog).expect("serialises");
+            assert!(Catalog::from_json(&text).is_err(), "edit {index} loads");
+        }
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::account::AccountState;
 use crate::amount::{lease_cost, Dcu};
-use crate::catalog::Catalog;
+use crate::catalog::{self, Catalog};
 use crate::clock::{Timestamp, PERIOD_S};
 use crate::due::{metering, Emitter};
 use crate::event::Event;
@@ -371,10 +371,7 @@ fn payment(
         )));
     }
     let price = price_cny.unwrap_or(list_price_cny);
-    if price.is_sign_negative()
-        || price.normalize().scale() > 2
-        || price > Decimal::from(1_000_000_000)
-    {
+    if !catalog::price_is_valid(price) {
         return Err(Refusal::invalid(
             "price_cny must be between 0 and 1e9 CNY with at most 2 decimals",
         ));
@@ -635,14 +632,19 @@ fn check_lease_shape(context: &Context, request: &LeaseRequest) -> Result<LeaseT
             "only run_task jobs may have more than one worker",
         ));
     }
-    let cards = request.cards_per_worker * request.workers;
+    // Bounded above (64 × 64, and the catalog's units per card), so these cannot overflow;
+    // checked all the same.
+    let cards = request.cards_per_worker.saturating_mul(request.workers);
+    let units = cards
+        .checked_mul(model.units_per_card)
+        .ok_or_else(|| Refusal::invalid("the lease's units do not fit a 32-bit count"))?;
     Ok(LeaseTerms {
         kind: request.kind,
         model: model.id.clone(),
         cards_per_worker: request.cards_per_worker,
         workers: request.workers,
         cards,
-        units: cards * model.units_per_card,
+        units,
         rate_dcu_per_hour: model.rate_dcu_per_hour,
         ttl_s: context.lease_ttl_s,
     })
