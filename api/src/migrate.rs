@@ -355,12 +355,59 @@ impl std::fmt::Display for MigrateReport {
     }
 }
 
+/// Refuses, before anything is written, a target that is neither empty nor what an
+/// interrupted migrate of this source left: its events, in global order, must be the
+/// source's first events (same ids, same streams).
+async fn check_target_is_a_prefix<S: EventLog, T: EventLog>(
+    source: &S,
+    target: &T,
+) -> anyhow::Result<()> {
+    let (mut source_after, mut target_after) = (0, 0);
+    let mut pending = std::collections::VecDeque::new();
+    loop {
+        let page = target
+            .read_all(target_after, PAGE)
+            .await
+            .with_context(|| format!("cannot read the target after position {target_after}"))?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        target_after = last.position;
+        for held in page {
+            if pending.is_empty() {
+                let next = source.read_all(source_after, PAGE).await.with_context(|| {
+                    format!("cannot read the source after position {source_after}")
+                })?;
+                if let Some(last) = next.last() {
+                    source_after = last.position;
+                }
+                pending.extend(next);
+            }
+            let matches = pending
+                .pop_front()
+                .is_some_and(|expected| expected.id == held.id && expected.stream == held.stream);
+            if !matches {
+                bail!(
+                    "the target already holds a log that is not a copy of this source (its \
+                     event {} at position {} in stream {} is not the source's); nothing was \
+                     written: migrate into an empty store, or into the one an interrupted \
+                     migrate of this source left",
+                    held.id,
+                    held.position,
+                    held.stream
+                );
+            }
+        }
+    }
+}
+
 /// Copies then verifies (unless stopped at `limit`).
 pub async fn migrate_logs<S: EventLog, T: EventLog>(
     source: &S,
     target: &T,
     limit: Option<u64>,
 ) -> anyhow::Result<MigrateReport> {
+    check_target_is_a_prefix(source, target).await?;
     let copy = copy(source, target, limit).await?;
     let verified = if copy.stopped_at_limit {
         None

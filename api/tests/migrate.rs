@@ -202,7 +202,7 @@ async fn migrate_refuses_a_target_that_is_not_a_copy() {
 }
 
 #[tokio::test]
-async fn migrate_verification_catches_a_target_with_more() {
+async fn migrate_refuses_a_target_holding_another_log_before_writing() {
     let src = tempfile::tempdir().expect("temp dir");
     let dst = tempfile::tempdir().expect("temp dir");
     let source = make_source(src.path()).await;
@@ -217,9 +217,13 @@ async fn migrate_verification_catches_a_target_with_more() {
         None,
     )
     .await;
-    let message = format!("{:#}", result.expect_err("verification must fail"));
-    assert!(message.contains("verification failed"), "{message}");
+    let message = format!("{:#}", result.expect_err("a foreign target is refused"));
+    assert!(message.contains("not a copy of this source"), "{message}");
+    assert!(message.contains("nothing was written"), "{message}");
     assert_eq!(source.len(), 20);
+    let held = read_all(&target).await;
+    assert_eq!(held.len(), 1, "the foreign log is left as it was");
+    target.close().await.expect("close");
 }
 
 #[test]
