@@ -47,9 +47,9 @@ wait_up() {
 }
 
 DCU_ADMIN_TOKEN="$TOKEN" RUST_LOG="$SERVE_LOG_LEVEL" \
-    target/release/dcu serve --data "$DATA/log" --listen "127.0.0.1:$PORT" 2>"$DATA/serve.log" &
+    "${CARGO_TARGET_DIR:-target}"/release/dcu serve --data "$DATA/log" --listen "127.0.0.1:$PORT" 2>"$DATA/serve.log" &
 SERVER=$!
-target/release/examples/trivial_http "127.0.0.1:$TRIVIAL_PORT" 2>/dev/null &
+"${CARGO_TARGET_DIR:-target}"/release/examples/trivial_http "127.0.0.1:$TRIVIAL_PORT" 2>/dev/null &
 TRIVIAL=$!
 BASE="http://127.0.0.1:$PORT"
 wait_up "$BASE/healthz"

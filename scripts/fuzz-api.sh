@@ -34,7 +34,7 @@ cleanup() {
 trap cleanup EXIT
 
 DCU_ADMIN_TOKEN="$TOKEN" RUST_LOG="${RUST_LOG:-warn}" \
-    target/release/dcu serve --data "$DATA" --listen "127.0.0.1:$PORT" 2>"$LOG" &
+    "${CARGO_TARGET_DIR:-target}"/release/dcu serve --data "$DATA" --listen "127.0.0.1:$PORT" 2>"$LOG" &
 SERVER=$!
 for _ in $(seq 100); do
     curl -sf "$BASE/healthz" >/dev/null 2>&1 && break

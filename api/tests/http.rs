@@ -570,6 +570,48 @@ async fn restart_keeps_balances_and_tokens() {
     server.server.shutdown().await.unwrap();
 }
 
+/// Two servers on one data directory would hand out the same cards twice (I4) and race
+/// each other's writes: the second is refused while the first runs, and a server whose port
+/// is taken opens nothing.
+#[tokio::test]
+async fn r_i4_one_server_per_data_directory_and_a_busy_port_opens_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = launch(dir.path(), Some("admin-secret"), at("2025-04-01T00:00:00Z")).await;
+    let mut options = ServeOptions::new(dir.path().to_path_buf());
+    options.listen = "127.0.0.1:0".into();
+    options.admin_token = Some("admin-secret".into());
+    let refused = start(options)
+        .await
+        .err()
+        .expect("a second server is refused");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("another dcu process is serving"),
+        "{message}"
+    );
+    let (status, _) = first.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "the first server runs on");
+
+    let fresh = tempfile::tempdir().unwrap();
+    let mut options = ServeOptions::new(fresh.path().join("data"));
+    options.listen = first.server.addr.to_string();
+    options.admin_token = Some("admin-secret".into());
+    let refused = start(options).await.err().expect("a busy port is refused");
+    assert!(
+        format!("{refused:#}").contains("cannot listen"),
+        "{refused:#}"
+    );
+    assert!(
+        !fresh
+            .path()
+            .join("data")
+            .join(ledger::log::sqlite::DB_FILE_NAME)
+            .exists(),
+        "no log was created"
+    );
+    first.server.shutdown().await.unwrap();
+}
+
 /// The server clock never goes backwards: a clock set back is taken as the engine's clock.
 #[tokio::test]
 async fn r_u4_clock_never_goes_backwards() {

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -242,6 +242,20 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         }
         None => Catalog::default(),
     };
+    // One server per data directory (and per SQLite log): a second one would hand out the
+    // same cards again and race the first one's writes.
+    let mut locks = vec![lock_dir(&dir)?];
+    if let Some(Store::Sqlite(log_dir)) = &options.store {
+        std::fs::create_dir_all(log_dir)
+            .with_context(|| format!("cannot create the log directory {}", log_dir.display()))?;
+        if log_dir.canonicalize().ok() != dir.canonicalize().ok() {
+            locks.push(lock_dir(log_dir)?);
+        }
+    }
+    // Listening first: a busy port is found before anything is opened.
+    let listener = tokio::net::TcpListener::bind(&options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
     let admin = auth::admin_token(&dir, options.admin_token)?;
     let tokens = Arc::new(TokenStore::load(&dir, &admin)?);
     let catalog_json = serde_json::to_value(&catalog)?;
@@ -276,9 +290,6 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         Arc::clone(&metrics.events_appended),
         options.timer_poll,
     );
-    let listener = tokio::net::TcpListener::bind(&options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
     let addr = listener.local_addr()?;
     let app = router(AppState {
         engine,
@@ -300,6 +311,8 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         let closed = engine_task.await.context("the engine task panicked")?;
         served.context("the HTTP server failed")?;
         closed.context("closing the log failed")?;
+        // Released only now that the log is closed.
+        drop(locks);
         tracing::info!("log closed; bye");
         Ok(())
     });
@@ -308,6 +321,33 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         shutdown: Some(shutdown_tx),
         task,
     })
+}
+
+/// The name of the lock file a running server holds in its data directory.
+pub const LOCK_FILE_NAME: &str = "serve.lock";
+
+/// Takes the exclusive lock of a directory (an OS file lock: it goes away with the process,
+/// even after kill -9), or says which directory another process is serving.
+fn lock_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another dcu process is serving {} (it holds {}): stop it first, or give this \
+             one another --data",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// M4: the pool from a `--pool` file (checked by `Pool::new`), or the default.
