@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use ledger::account::{AccountState, BucketState};
 use ledger::clock::Timestamp;
 use ledger::decide::Context;
@@ -104,13 +104,22 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
         } => {
             let log = load(&data).await?;
             let from = from.as_deref().map(instant).transpose()?;
+            let to_given = to.is_some();
             let to = match (to, as_of) {
                 (Some(to), _) => instant(&to)?,
                 (None, Some(as_of)) => instant(&as_of)?.plus_seconds(1),
                 (None, None) => log.last_at.unwrap_or_default().plus_seconds(1),
             };
-            if from.is_some_and(|from| from >= to) {
-                bail!("--from must be before --to (the statement covers [from, to))");
+            if let Some(from) = from.filter(|from| *from >= to) {
+                bail!(
+                    "--from ({from}) must be before --to ({to}, {}; the statement covers \
+                     [from, to))",
+                    if to_given {
+                        "as given"
+                    } else {
+                        "by default one second after the log's last event or --as-of"
+                    }
+                );
             }
             let statement = log.statement(&account, from, to)?;
             match format {
@@ -152,7 +161,8 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
 }
 
 fn instant(text: &str) -> anyhow::Result<Timestamp> {
-    Timestamp::parse(text).with_context(|| format!("not an RFC 3339 instant: {text:?}"))
+    // The parse error already names the text and what is wrong with it.
+    Ok(Timestamp::parse(text)?)
 }
 
 /// Every account's events as the log recorded them.

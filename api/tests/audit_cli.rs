@@ -249,5 +249,33 @@ fn audit_statement_refuses_a_range_that_ends_before_it_starts() {
         "2025-05-01T00:00:00Z",
     ]);
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--from must be before --to"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("must be before --to"), "{stderr}");
+    assert!(stderr.contains("as given"), "{stderr}");
+
+    // Only --from, after the log's end: the message says where --to came from.
+    let output = dcu(&[
+        "statement",
+        "xiaoming",
+        "--data",
+        data_arg(&data),
+        "--from",
+        "2030-01-01T00:00:00Z",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("by default"), "{stderr}");
+
+    // A bad instant is named once, with what is wrong.
+    let output = dcu(&[
+        "statement",
+        "xiaoming",
+        "--data",
+        data_arg(&data),
+        "--from",
+        "2025-13-01",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("2025-13-01").count(), 1, "{stderr}");
 }

@@ -235,3 +235,16 @@ fn the_cli_exits_non_zero_and_names_the_line() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn the_cli_refuses_accounts_out_of_range() {
+    for accounts in ["0", "-1", "1000001", "many"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dcu"))
+            .args(["simulate", "--trace", "unused.csv", "--accounts", accounts])
+            .output()
+            .expect("run dcu");
+        assert!(!output.status.success(), "--accounts {accounts}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(accounts), "{stderr}");
+    }
+}

@@ -516,9 +516,10 @@ fn ban(state: &AccountState, reason: &str, now: Timestamp) -> Result<Vec<Event>,
     if state.banned {
         return Ok(Vec::new());
     }
-    if !reason_is_fine(reason) {
+    if reason.trim().is_empty() || !reason_is_fine(reason) {
         return Err(Refusal::invalid(format!(
-            "reason must be at most {MAX_REASON_LEN} bytes without control characters"
+            "a ban needs a reason (the audit trail keeps it): 1 to {MAX_REASON_LEN} bytes \
+             without control characters"
         )));
     }
     let mut emitter = Emitter::new(state.clone());

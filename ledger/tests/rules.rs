@@ -589,11 +589,14 @@ fn r_p6_prices_compare_by_value_and_reasons_refuse_control_characters() {
     let refused = world.refused("2025-04-01T00:00:00Z", priced("o1", "99", "promo\u{0}"));
     assert_eq!(refused, ErrorCode::InvalidRequest);
     world.ok("2025-04-01T00:00:00Z", priced("o2", "99.100", "promo"));
-    let ban = Command::Ban {
-        reason: "mining\n".into(),
-    };
-    assert_eq!(
-        world.refused("2025-04-02T00:00:00Z", ban),
-        ErrorCode::InvalidRequest
-    );
+    for reason in ["mining\n", "", "   "] {
+        let ban = Command::Ban {
+            reason: reason.into(),
+        };
+        assert_eq!(
+            world.refused("2025-04-02T00:00:00Z", ban),
+            ErrorCode::InvalidRequest,
+            "A3: a ban needs a printable reason, not {reason:?}"
+        );
+    }
 }

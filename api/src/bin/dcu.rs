@@ -79,7 +79,11 @@ struct SimulateArgs {
     #[arg(long, value_enum)]
     format: Option<api::traces::TraceFormat>,
     /// Accounts the 2023 trace (no tenant column) is hashed into.
-    #[arg(long, default_value_t = api::simulate::DEFAULT_ACCOUNTS)]
+    #[arg(
+        long,
+        default_value_t = api::simulate::DEFAULT_ACCOUNTS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(api::simulate::MAX_ACCOUNTS))
+    )]
     accounts: u32,
     /// A JSON array of {"node", "model", "cards"} (default: 16 nodes × 8 cards per model).
     #[arg(long)]
