@@ -192,6 +192,38 @@ async fn r_c1_c2_c3_manual_worked_example_over_http() {
     assert_eq!(quota["plan"], Value::Null);
     assert_eq!(quota["parallelism_cap"], 0);
 
+    // As-of in the past (issue 6): the answer a replay of the log up to that instant gives,
+    // not today's state.
+    for (as_of, active, inactive, expired) in [
+        ("2025-04-30T23:59:59%2B08:00", "10", "0", "0"),
+        ("2025-05-01T00:00:00%2B08:00", "0", "10", "0"),
+        ("2025-05-15T00:00:00%2B08:00", "66.6", "0", "0"),
+        ("2025-06-14T00:00:00%2B08:00", "0", "56.6", "10"),
+    ] {
+        let past = server
+            .ok(
+                Method::GET,
+                &format!("/v1/accounts/xiaoming/balance?as_of={as_of}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (&past["active"], &past["inactive"], &past["expired"]),
+            (&json!(active), &json!(inactive), &json!(expired)),
+            "balance as of {as_of}"
+        );
+    }
+    let past_quota = server
+        .ok(
+            Method::GET,
+            "/v1/accounts/xiaoming/quota?as_of=2025-05-20T00:00:00%2B08:00",
+            None,
+        )
+        .await;
+    assert_eq!(past_quota["plan"], "basic");
+    assert_eq!(past_quota["parallelism_cap"], 4);
+    assert_eq!(past_quota["period_ends_at"], "2025-06-13T16:00:00Z");
+
     // The log, paged.
     let first = server
         .ok(Method::GET, "/v1/accounts/xiaoming/events?limit=2", None)

@@ -235,8 +235,10 @@ fn expire_leases(emitter: &mut Emitter, at: Timestamp) {
     }
 }
 
-/// M7 and M8's metering: at the exhaustion second, or at a period end, running leases are
-/// charged up to now; at exhaustion they are revoked.
+/// M7 and M8's metering: at the exhaustion second, at a period end, or when active credit
+/// expires (an activated carry-over keeps its own expiry through an upgrade, C4, so it can
+/// expire inside a period), running leases are charged up to now, so that the seconds before
+/// it are paid by the credit that was spendable then (D1); at exhaustion they are revoked.
 fn meter_and_exhaust(emitter: &mut Emitter, at: Timestamp) {
     let exhausted = exhaustion_at(&emitter.state).is_some_and(|instant| instant <= at);
     let period_ends = emitter
@@ -244,7 +246,12 @@ fn meter_and_exhaust(emitter: &mut Emitter, at: Timestamp) {
         .period
         .as_ref()
         .is_some_and(|period| period.ends_at <= at);
-    if exhausted || period_ends {
+    let credit_expires = emitter
+        .state
+        .buckets
+        .iter()
+        .any(|bucket| bucket.state == BucketState::Active && bucket.ends_at <= at);
+    if exhausted || period_ends || credit_expires {
         emitter.meter_running(at, false);
     }
     if exhausted {

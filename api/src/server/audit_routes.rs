@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{extract::State, Json};
+use ledger::account::AccountState;
 use ledger::clock::Timestamp;
 use ledger::decide::Command;
 use projections::reconcile::{self, Report, ReportError};
@@ -86,6 +87,30 @@ async fn account_events(
             return Ok(Some(events));
         }
     }
+}
+
+/// As-of: the account's state at `as_of` as a replay of its stream up to that instant gives
+/// it, when `as_of` is before the account's last event (the snapshot only knows the state
+/// after it); `None` when the snapshot answers (`as_of` absent, or at or after that event).
+pub(super) async fn state_before_last_event(
+    state: &AppState,
+    account: &str,
+    as_of: Option<Timestamp>,
+) -> Result<Option<AccountState>, ApiError> {
+    let Some(as_of) = as_of else {
+        return Ok(None);
+    };
+    if as_of >= state.engine.last_event_at(account)? {
+        return Ok(None);
+    }
+    let events = account_events(state, account)
+        .await?
+        .ok_or_else(|| ApiError::unknown_account(account))?;
+    let id = account.to_string();
+    let past = tokio::task::spawn_blocking(move || statement::state_as_of(&id, &events, as_of))
+        .await
+        .map_err(|error| failed("replaying the account", error))?;
+    Ok(Some(past))
 }
 
 /// The whole log, grouped by account, read page by page until an empty page.

@@ -248,6 +248,12 @@ impl EngineHandle {
         (self.clock)().max(self.snapshot.clock())
     }
 
+    /// The instant of the account's last event: an `as_of` before it is answered by a
+    /// replay of the account's stream, not by the snapshot.
+    pub fn last_event_at(&self, account: &str) -> Result<Timestamp, Refusal> {
+        Ok(self.snapshot.opened(account)?.clock)
+    }
+
     /// D3, D4: the balance at `as_of` (default: now), folded from the snapshot.
     pub fn balance(&self, account: &str, as_of: Option<Timestamp>) -> Result<BalanceView, Refusal> {
         let state = self.snapshot.opened(account)?;

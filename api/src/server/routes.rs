@@ -8,12 +8,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ledger::clock::Timestamp;
 use ledger::decide::{Command, ErrorCode, LeaseRequest};
-use projections::views::LeaseState;
+use projections::views::{self, LeaseState};
 use scheduler::{Outcome, Target};
 use serde::de::DeserializeOwned;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::audit_routes::state_before_last_event;
 use super::auth::Principal;
 use super::engine_task::{LeaseAnswer, LeaseFailure, LeaseInfo, Request as EngineRequest};
 use super::problem::{ApiError, LeaseProblem, Problem};
@@ -195,7 +196,10 @@ pub async fn get_balance(
 ) -> Result<Json<BalanceBody>, ApiError> {
     principal.require_reader(&id)?;
     let as_of = parse_as_of(query.as_of)?;
-    let view = state.engine.balance(&id, as_of)?;
+    let view = match state_before_last_event(&state, &id, as_of).await? {
+        Some(past) => views::balance(&past, as_of.unwrap_or(past.clock)),
+        None => state.engine.balance(&id, as_of)?,
+    };
     Ok(Json(view.into()))
 }
 
@@ -214,7 +218,10 @@ pub async fn get_quota(
 ) -> Result<Json<QuotaBody>, ApiError> {
     principal.require_reader(&id)?;
     let as_of = parse_as_of(query.as_of)?;
-    let view = state.engine.quota(&id, as_of)?;
+    let view = match state_before_last_event(&state, &id, as_of).await? {
+        Some(past) => views::quota(&past, as_of.unwrap_or(past.clock)),
+        None => state.engine.quota(&id, as_of)?,
+    };
     Ok(Json(view.into()))
 }
 

@@ -74,7 +74,8 @@ pub struct BanRequest {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AsOfQuery {
-    /// RFC 3339; default: the server's now.
+    /// RFC 3339; default: the server's now. A past instant is answered by a replay of the
+    /// account's log up to it.
     pub as_of: Option<String>,
 }
 
