@@ -451,6 +451,56 @@ async fn log_conflicting_request_fails_alone_in_a_batch() {
     }
 }
 
+/// A request whose second event reuses a stored id is refused by the database after its
+/// first event was written: the batch is written again with savepoints, so that request
+/// leaves nothing behind and every other request of the batch is still written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn log_request_refused_mid_write_fails_alone_in_a_batch() {
+    let (_dir, log) = open_temp();
+    let log = Arc::new(log);
+    let taken = events(1);
+    log.append("taken", ExpectedRevision::NoStream, taken.clone())
+        .await
+        .expect("create");
+    let before = read_everything(&log).await.len();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let log = Arc::clone(&log);
+            let mut batch = events(2);
+            if i % 3 == 0 {
+                batch[1] = taken[0].clone();
+            }
+            tokio::spawn(async move {
+                let result = log
+                    .append(&format!("s{i}"), ExpectedRevision::NoStream, batch)
+                    .await;
+                (i, result)
+            })
+        })
+        .collect();
+    let mut written = 0;
+    for task in tasks {
+        let (i, result) = task.await.expect("task");
+        if i % 3 == 0 {
+            assert!(matches!(result, Err(LogError::Invalid(_))), "{result:?}");
+        } else {
+            assert_eq!(result.expect("valid append").last_revision, 1);
+            written += 2;
+        }
+    }
+    let everything = read_everything(&log).await;
+    assert_eq!(everything.len(), before + written);
+    for i in (0..100).step_by(3) {
+        let stream = log
+            .read_stream(&format!("s{i}"), 0, 10)
+            .await
+            .expect("read");
+        assert!(stream.is_empty(), "s{i} kept {} events", stream.len());
+    }
+    let positions: Vec<u64> = everything.iter().map(|e| e.position).collect();
+    assert!(positions.windows(2).all(|pair| pair[1] == pair[0] + 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn log_subscription_sees_history_then_live_events_exactly_once_in_order() {
     let (_dir, log) = open_temp();

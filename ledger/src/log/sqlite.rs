@@ -33,8 +33,10 @@
 //!
 //! One dedicated thread owns the only write connection. Appends reach it through a bounded
 //! channel; it takes every request waiting (up to [`MAX_BATCH_APPENDS`] requests or about
-//! [`MAX_BATCH_EVENTS`] events) and writes them in one transaction, each request inside its
-//! own savepoint, so a request that conflicts or is invalid fails alone. After the `COMMIT`
+//! [`MAX_BATCH_EVENTS`] events) and writes them in one transaction; a request that conflicts
+//! or is invalid fails alone, refused before anything of it is written (and should the
+//! database refuse a write, the batch is written again with a savepoint per request). After
+//! the `COMMIT`
 //! (one fsync for the whole batch) it publishes the last committed position and answers every
 //! request. The expected-revision check uses an in-memory map stream → last revision and
 //! position, filled lazily from the database. The map is a hint, not the truth: the database's
@@ -861,6 +863,32 @@ enum Failure {
     Batch(LogError),
 }
 
+/// How a batch's requests are kept apart inside its transaction.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// No savepoints: the fast path, while the database refuses no write.
+    Direct,
+    /// Each request in its own savepoint, so a refused write undoes that request alone.
+    Savepoints,
+}
+
+/// Why an attempt to write a batch stopped.
+enum Abort {
+    /// The database refused a write without savepoints: try again with them.
+    Careful,
+    /// The transaction is lost: the whole batch fails.
+    Fail(LogError),
+}
+
+/// A batch's transaction, committed.
+struct Written {
+    pending: HashMap<String, Option<Head>>,
+    tip: Tip,
+    results: Vec<Result<AppendOutcome, LogError>>,
+    events_written: u64,
+    last_position: Option<u64>,
+}
+
 /// A request applied inside the batch's transaction.
 struct Applied {
     outcome: AppendOutcome,
@@ -942,29 +970,50 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        // First without savepoints: every refusal (conflict, retry, invalid) is decided
+        // before anything of its request is written, so a refused request leaves nothing
+        // behind. Only a write the database itself refuses (a stale cached head, an id taken
+        // by another event) could leave part of a request in the transaction: then the whole
+        // transaction is rolled back and the batch is written again, each request in its own
+        // savepoint. Savepoints cost a statement journal of every page a request touches.
+        let written = match self.write_transaction(&batch, Mode::Direct) {
+            Err(Abort::Careful) => self.write_transaction(&batch, Mode::Savepoints),
+            other => other,
+        };
+        match written {
+            Ok(written) => self.finish_batch(batch, written),
+            Err(Abort::Fail(e)) => self.fail_batch(batch, e),
+            Err(Abort::Careful) => self.fail_batch(
+                batch,
+                LogError::Storage("a write was refused with savepoints too".to_owned()),
+            ),
+        }
+    }
+
+    /// Writes every request of the batch in one transaction and commits it.
+    fn write_transaction(&mut self, batch: &[AppendRequest], mode: Mode) -> Result<Written, Abort> {
         if !self.conn.is_autocommit() {
-            // Left over from a failed rollback: start clean.
+            // Left over from a failed rollback or an aborted attempt: start clean.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-            self.fail_batch(batch, sql_storage(e));
-            return;
-        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| Abort::Fail(sql_storage(e)))?;
 
         // Heads written by this batch, merged into `heads` once committed.
         let mut pending: HashMap<String, Option<Head>> = HashMap::new();
-        let mut tip = match self.committed_tip() {
-            Ok(tip) => tip,
-            Err(e) => {
-                self.fail_batch(batch, sql_storage(e));
-                return;
-            }
-        };
+        let mut tip = self
+            .committed_tip()
+            .map_err(|e| Abort::Fail(sql_storage(e)))?;
         let mut results = Vec::with_capacity(batch.len());
         let mut events_written = 0_u64;
         let mut last_position = None;
-        for request in &batch {
-            match self.apply(&mut pending, &mut tip, request) {
+        for request in batch {
+            let applied = match mode {
+                Mode::Savepoints => self.apply(&mut pending, &mut tip, request),
+                Mode::Direct => self.apply_direct(&mut pending, &mut tip, request)?,
+            };
+            match applied {
                 Ok(applied) => {
                     if let Some((head, count)) = applied.written {
                         events_written += count;
@@ -973,34 +1022,67 @@ impl Writer {
                     results.push(Ok(applied.outcome));
                 }
                 Err(Failure::Request(e)) => results.push(Err(e)),
-                Err(Failure::Batch(e)) => {
-                    self.fail_batch(batch, e);
-                    return;
-                }
+                Err(Failure::Batch(e)) => return Err(Abort::Fail(e)),
             }
         }
         if let Err(e) = self.conn.execute_batch("COMMIT") {
-            self.fail_batch(batch, LogError::Storage(format!("the commit failed: {e}")));
-            return;
+            return Err(Abort::Fail(LogError::Storage(format!(
+                "the commit failed: {e}"
+            ))));
         }
+        Ok(Written {
+            pending,
+            tip,
+            results,
+            events_written,
+            last_position,
+        })
+    }
 
-        if self.heads.len() + pending.len() > MAX_CACHED_STREAMS {
+    /// After the commit: the heads and tip become the committed ones, and every request is
+    /// answered.
+    fn finish_batch(&mut self, batch: Vec<AppendRequest>, written: Written) {
+        if self.heads.len() + written.pending.len() > MAX_CACHED_STREAMS {
             self.heads.clear();
         }
-        self.heads.extend(pending);
-        self.tip = Some(tip);
-        if let Some(position) = last_position {
+        self.heads.extend(written.pending);
+        self.tip = Some(written.tip);
+        if let Some(position) = written.last_position {
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .events_written
-                .fetch_add(events_written, Ordering::Relaxed);
+                .fetch_add(written.events_written, Ordering::Relaxed);
             self.committed.send_replace(position);
         }
-        for (request, result) in batch.into_iter().zip(results) {
+        for (request, result) in batch.into_iter().zip(written.results) {
             if result.is_ok() {
                 self.counters.appends.fetch_add(1, Ordering::Relaxed);
             }
             let _ = request.reply.send(result);
+        }
+    }
+
+    /// Applies one request without a savepoint. A refusal is decided before anything is
+    /// written; a write the database refuses aborts the attempt (`Abort::Careful`), since
+    /// part of the request may already be in the transaction.
+    fn apply_direct(
+        &mut self,
+        pending: &mut HashMap<String, Option<Head>>,
+        tip: &mut Tip,
+        request: &AppendRequest,
+    ) -> Result<Result<Applied, Failure>, Abort> {
+        match self.try_apply(pending, *tip, request, false) {
+            Ok(applied) => {
+                if let Some((head, _)) = applied.written {
+                    pending.insert(request.stream.clone(), Some(head));
+                }
+                if let Some(written) = applied.tip {
+                    *tip = written;
+                }
+                Ok(Ok(applied))
+            }
+            Err(Attempt::Refused(e)) => Ok(Err(Failure::Request(e))),
+            Err(Attempt::Sql(_)) => Err(Abort::Careful),
         }
     }
 
