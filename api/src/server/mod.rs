@@ -98,19 +98,26 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
+/// One route's request counts by (method, status).
+type CountsByMethodAndStatus = BTreeMap<(&'static str, u16), u64>;
+
 /// Request counts and the number of events appended, in Prometheus text.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// Route template → (method, status) → count. A request allocates only the first time
+    /// its route is seen.
+    requests: Mutex<BTreeMap<String, CountsByMethodAndStatus>>,
     pub events_appended: Arc<AtomicU64>,
 }
 
 impl Metrics {
-    fn count(&self, method: &str, route: &str, status: u16) {
+    fn count(&self, method: &'static str, route: &str, status: u16) {
         if let Ok(mut requests) = self.requests.lock() {
-            *requests
-                .entry((method.to_string(), route.to_string(), status))
-                .or_default() += 1;
+            let by_route = match requests.get_mut(route) {
+                Some(by_route) => by_route,
+                None => requests.entry(route.to_string()).or_default(),
+            };
+            *by_route.entry((method, status)).or_default() += 1;
         }
     }
 
@@ -119,7 +126,12 @@ impl Metrics {
         out.push_str("# HELP dcu_http_requests_total HTTP requests by method, route and status.\n");
         out.push_str("# TYPE dcu_http_requests_total counter\n");
         if let Ok(requests) = self.requests.lock() {
-            for ((method, route, status), count) in requests.iter() {
+            let counts = requests.iter().flat_map(|(route, by_route)| {
+                by_route
+                    .iter()
+                    .map(move |((method, status), count)| (method, route, status, count))
+            });
+            for (method, route, status, count) in counts {
                 let _ = writeln!(
                     out,
                     "dcu_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
@@ -146,11 +158,7 @@ async fn observe(
     request: axum::extract::Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_string();
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method: &'static str = match request.method().as_str() {
         "GET" => "GET",
         "POST" => "POST",
@@ -164,10 +172,11 @@ async fn observe(
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    state.metrics.count(method, &route, status);
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state.metrics.count(method, route, status);
     tracing::info!(
         method,
-        route = %route,
+        route,
         status,
         elapsed_us = started.elapsed().as_micros() as u64,
         "request"
