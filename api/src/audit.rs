@@ -207,6 +207,9 @@ fn open_existing(dir: &Path) -> anyhow::Result<SqliteLog> {
 
 /// Reads the whole log of `dir`, grouped by account.
 pub async fn load(dir: &Path) -> anyhow::Result<LoadedLog> {
+    // A statement or a report of a forged log would present the forgery as the books: the
+    // chains come first.
+    crate::store::check_sqlite_chain(dir)?;
     let log = open_existing(dir)?;
     let loaded = load_from(&log).await;
     log.close().await?;
@@ -422,7 +425,7 @@ fn explain(log: &LoadedLog, account: &str, as_of: Timestamp) -> anyhow::Result<S
     let recorded = log.recorded(account)?;
     let events = booked_before(account, recorded, as_of.plus_seconds(1));
     let mut stories: BTreeMap<u32, BucketStory> = BTreeMap::new();
-    let state = statement::walk(account, &events, |before, logged, _after| {
+    let state = statement::walk(account, &events, |before, logged| {
         story_step(&mut stories, before, logged);
     });
     let live = due::live(&state, as_of.max(state.clock));

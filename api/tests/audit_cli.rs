@@ -220,6 +220,28 @@ fn audit_verify_finds_the_edited_event_and_replay_verifies() {
     assert!(!output.status.success(), "migrate must refuse");
     assert!(String::from_utf8_lossy(&output.stderr).contains("NOT intact"));
     assert!(!copy.join("events.db").exists(), "nothing copied");
+    // Nor do the books: a statement, an explanation or a report of a forged log.
+    for args in [
+        vec!["statement", "xiaoming"],
+        vec!["explain", "xiaoming", "--as-of", "2025-05-01T00:00:00Z"],
+        vec![
+            "reconcile",
+            "--from",
+            "2025-04-01T00:00:00Z",
+            "--to",
+            "2025-05-01T00:00:00Z",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--data", data_arg(&data)]);
+        let output = dcu(&args);
+        assert!(
+            !output.status.success(),
+            "{args:?} must refuse a forged log"
+        );
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(error.contains("NOT intact"), "{args:?}: {error}");
+    }
     let output = Command::new(env!("CARGO_BIN_EXE_dcu"))
         .args([
             "serve",

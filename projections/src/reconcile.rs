@@ -402,7 +402,7 @@ fn account_figures(
     let mut prices = Prices::default();
     let mut opening: Option<End> = None;
     let mut period_orders: Vec<String> = Vec::new();
-    let closing_state = walk(id, &events, |before, logged, _after| {
+    let closing_state = walk(id, &events, |before, logged| {
         let at = logged.event.at;
         let body = &logged.event.body;
         if at >= from && opening.is_none() {

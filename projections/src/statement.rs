@@ -165,17 +165,35 @@ pub struct Statement {
     pub consistent: bool,
 }
 
-/// Folds `events` from the empty state, calling `visit(before, event, after)` for each.
+/// Folds `events` from the empty state, calling `visit(before, event)` for each, with the
+/// state before the event is applied. The state is never copied, so a walk costs what a
+/// replay costs, whatever the length of the account's history.
 pub fn walk(
     id: &str,
     events: &[LoggedEvent],
-    mut visit: impl FnMut(&AccountState, &LoggedEvent, &AccountState),
+    mut visit: impl FnMut(&AccountState, &LoggedEvent),
+) -> AccountState {
+    walk_with_after(
+        id,
+        events,
+        |before, logged| visit(before, logged),
+        |(), _| {},
+    )
+}
+
+/// [`walk`], calling `after(state)` once each event is applied; `visit` hands `after` what it
+/// needs of the state before (`T`).
+pub fn walk_with_after<T>(
+    id: &str,
+    events: &[LoggedEvent],
+    mut visit: impl FnMut(&AccountState, &LoggedEvent) -> T,
+    mut after: impl FnMut(T, &AccountState),
 ) -> AccountState {
     let mut state = AccountState::new(id);
     for logged in events {
-        let before = state.clone();
+        let seen = visit(&state, logged);
         state.evolve(&logged.event);
-        visit(&before, logged, &state);
+        after(seen, &state);
     }
     state
 }
@@ -194,29 +212,38 @@ pub fn statement(
     let mut orders = Vec::new();
     let mut invoices = Vec::new();
     let mut consistent = true;
-    let closing_state = walk(id, &events, |before, logged, after| {
-        let inside = from.is_none_or(|from| logged.event.at >= from);
-        if !inside {
-            return;
-        }
-        if !opened {
-            opening = Balances::of(before);
-            opened = true;
-        }
-        let start = Balances::of(before).balance;
-        let mut event_lines = event_lines(before, logged);
-        let mut running = start;
-        for line in &mut event_lines {
-            line.balance_before = running;
-            running += line.amount;
-            line.balance_after = running;
-        }
-        if running != Balances::of(after).balance {
-            consistent = false;
-        }
-        lines.extend(event_lines);
-        collect_orders(logged, &mut orders, &mut invoices);
-    });
+    let closing_state = walk_with_after(
+        id,
+        &events,
+        |before, logged| {
+            let inside = from.is_none_or(|from| logged.event.at >= from);
+            if !inside {
+                return None;
+            }
+            if !opened {
+                opening = Balances::of(before);
+                opened = true;
+            }
+            let start = Balances::of(before).balance;
+            let mut event_lines = event_lines(before, logged);
+            let mut running = start;
+            for line in &mut event_lines {
+                line.balance_before = running;
+                running += line.amount;
+                line.balance_after = running;
+            }
+            collect_orders(logged, &mut orders, &mut invoices);
+            Some((running, event_lines))
+        },
+        |seen, after| {
+            if let Some((running, event_lines)) = seen {
+                if running != Balances::of(after).balance {
+                    consistent = false;
+                }
+                lines.extend(event_lines);
+            }
+        },
+    );
     let closing = Balances::of(&closing_state);
     if !opened {
         opening = closing;
