@@ -2,6 +2,7 @@
 //! against a fresh embedded log with a manual clock. Every input line gives exactly one
 //! output line; a bad line gives an error line and the run goes on.
 
+use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use ledger::log::sqlite::SqliteLog;
 use ledger::log::EventLog;
 use rust_decimal::Decimal;
 use scheduler::{Engine, EngineError, NodeSpec, Pool, Target};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -231,10 +233,10 @@ fn parse_line(text: &str) -> (Option<Timestamp>, Option<String>, Result<Step, St
             Err(format!("line longer than {MAX_LINE_BYTES} bytes")),
         );
     }
-    let mut object = match serde_json::from_str::<Value>(text) {
+    let mut object = match parse_json(text) {
         Ok(Value::Object(object)) => object,
         Ok(_) => return (None, None, Err("a line must be a JSON object".into())),
-        Err(error) => return (None, None, Err(format!("not JSON: {error}"))),
+        Err(message) => return (None, None, Err(message)),
     };
     let at = match object.remove("at") {
         Some(Value::String(text)) => match Timestamp::parse(&text) {
@@ -252,8 +254,87 @@ fn parse_line(text: &str) -> (Option<Timestamp>, Option<String>, Result<Step, St
     (Some(at), Some(cmd), step)
 }
 
+/// A line's JSON value. A key repeated in any object of the line (at the top or nested, as
+/// in a config line's pool entries) is refused, naming the key: serde_json would keep the
+/// last value without a word.
+fn parse_json(text: &str) -> Result<Value, String> {
+    let value =
+        serde_json::from_str::<Value>(text).map_err(|error| format!("not JSON: {error}"))?;
+    let mut reader = serde_json::Deserializer::from_str(text);
+    match RepeatedKey.deserialize(&mut reader) {
+        Ok(Some(key)) => Err(format!("duplicate key {key:?}")),
+        // The text was read as JSON just above: walking it again finds no other error.
+        Ok(None) | Err(_) => Ok(value),
+    }
+}
+
+/// Walks a JSON value and answers the first key (in text order) repeated in one object.
+struct RepeatedKey;
+
+impl<'de> DeserializeSeed<'de> for RepeatedKey {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RepeatedKey {
+    type Value = Option<String>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(inner) = seq.next_element_seed(RepeatedKey)? {
+            found = found.or(inner);
+        }
+        Ok(found)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut keys = HashSet::new();
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let repeated = !keys.insert(key.clone());
+            let inner = map.next_value_seed(RepeatedKey)?;
+            if found.is_none() {
+                found = if repeated { Some(key) } else { inner };
+            }
+        }
+        Ok(found)
+    }
+}
+
 fn parse_config(text: &str) -> Option<Result<ScenarioConfig, String>> {
-    let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text) else {
+    // A config line with a repeated key is refused by `parse_line`, with the same message.
+    let Ok(Value::Object(object)) = parse_json(text) else {
         return None;
     };
     let config = object.get("config")?;
@@ -481,4 +562,56 @@ fn storage_refusal(message: &str) -> Refusal {
         ErrorCode::InvalidRequest,
         format!("internal error: {message}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_key_in_any_object_is_named() {
+        let top = r#"{"at":"2025-04-01T00:00:00Z","cmd":"balance","account":"a","account":"b"}"#;
+        assert_eq!(parse_json(top), Err("duplicate key \"account\"".into()));
+        let nested =
+            r#"{"config":{"pool":[{"node":"n1","model":"dc100-40g","cards":8,"cards":1}]}}"#;
+        assert_eq!(parse_json(nested), Err("duplicate key \"cards\"".into()));
+        // The same key in two objects, or escaped differently, is not / is a repeat.
+        let apart = r#"{"a":{"k":1},"b":[{"k":2},{"k":3}],"k":null}"#;
+        assert!(parse_json(apart).is_ok());
+        assert_eq!(
+            parse_json(r#"{"k":1,"\u006b":2}"#),
+            Err("duplicate key \"k\"".into())
+        );
+        assert!(parse_json("{").is_err_and(|message| message.starts_with("not JSON: ")));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_gives_an_error_line_and_the_run_goes_on() -> anyhow::Result<()> {
+        let input = concat!(
+            r#"{"config":{"pool":[{"node":"n1","model":"dc100-40g","cards":8,"cards":1}]}}"#,
+            "\n",
+            r#"{"at":"2025-04-01T00:00:00Z","cmd":"open","account":"a","account":"b"}"#,
+            "\n",
+            r#"{"at":"2025-04-01T00:00:00Z","cmd":"open","account":"a"}"#,
+            "\n",
+        );
+        let output = run_to_string(input).await?;
+        let lines: Vec<Value> = output
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(lines.len(), 3);
+        for (number, key) in [(1, "cards"), (2, "account")] {
+            let line = &lines[number - 1];
+            assert_eq!(line["error"]["code"], "invalid_request", "{line}");
+            assert_eq!(
+                line["error"]["message"],
+                format!("line {number}: duplicate key {key:?}"),
+                "{line}"
+            );
+        }
+        assert_eq!(lines[2]["cmd"], "open", "{}", lines[2]);
+        assert_eq!(lines[2]["account"], "a", "{}", lines[2]);
+        Ok(())
+    }
 }

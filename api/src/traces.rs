@@ -4,7 +4,8 @@
 //!
 //! The files are plain comma-separated values without quoting. Every row is checked: a
 //! wrong header, a wrong number of columns, a field that is not a number where one is
-//! expected, or a line that is not UTF-8 is an error naming the line (1-based, the header
+//! expected, times out of order (deleted before created, scheduled before created or after
+//! deleted), or a line that is not UTF-8 is an error naming the line (1-based, the header
 //! is line 1) and, where it applies, the column. Nothing here panics on input.
 
 use std::fmt;
@@ -317,6 +318,7 @@ fn row_2023(line: usize, fields: &[&str]) -> Result<TaskRow, TraceError> {
     if creation.is_none() {
         return Err(error(line, Some("creation_time"), "empty"));
     }
+    check_time_order(line, creation, scheduled, deletion)?;
     Ok(TaskRow {
         line,
         id,
@@ -341,16 +343,61 @@ fn row_2025(line: usize, fields: &[&str]) -> Result<TaskRow, TraceError> {
     ] {
         number_field(line, column, fields[index])?;
     }
+    let creation = time_field(line, "creation_time", fields[14])?;
+    let scheduled = time_field(line, "scheduled_time", fields[15])?;
+    let deletion = time_field(line, "deletion_time", fields[16])?;
+    check_time_order(line, creation, scheduled, deletion)?;
     Ok(TaskRow {
         line,
         id,
         tenant: Some(tenant),
         num_gpu,
         gpu_milli: 1_000,
-        creation: time_field(line, "creation_time", fields[14])?,
-        scheduled: time_field(line, "scheduled_time", fields[15])?,
-        deletion: time_field(line, "deletion_time", fields[16])?,
+        creation,
+        scheduled,
+        deletion,
     })
+}
+
+/// A task is created, then scheduled, then deleted: of the times a row gives (after
+/// truncation to the second), none may come before an earlier step's. A row out of order
+/// is refused, naming the later column (it would stretch the trace's end or give a lease
+/// that ends before it starts).
+fn check_time_order(
+    line: usize,
+    creation: Option<i64>,
+    scheduled: Option<i64>,
+    deletion: Option<i64>,
+) -> Result<(), TraceError> {
+    let out_of_order = |column, time: i64, relation: &str, other: &str, other_time: i64| {
+        Err(error(
+            line,
+            Some(column),
+            format!("{time} s is {relation} {other} {other_time} s"),
+        ))
+    };
+    if let (Some(created), Some(deleted)) = (creation, deletion) {
+        if deleted < created {
+            return out_of_order("deletion_time", deleted, "before", "creation_time", created);
+        }
+    }
+    if let (Some(created), Some(started)) = (creation, scheduled) {
+        if started < created {
+            return out_of_order(
+                "scheduled_time",
+                started,
+                "before",
+                "creation_time",
+                created,
+            );
+        }
+    }
+    if let (Some(started), Some(deleted)) = (scheduled, deletion) {
+        if started > deleted {
+            return out_of_order("scheduled_time", started, "after", "deletion_time", deleted);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -378,6 +425,56 @@ mod tests {
         ))?;
         assert_eq!(trace.rows[0].tenant.as_deref(), Some("app_0"));
         assert_eq!(trace.rows[0].creation, None);
+        Ok(())
+    }
+
+    #[test]
+    fn times_out_of_order_are_refused_naming_line_and_column() -> Result<(), TraceError> {
+        let error_of = |text: String| read_text(&text).map(|_| ()).map_err(|e| e.to_string());
+        let head = HEADER_2023.join(",");
+        // name,...,creation_time,deletion_time,scheduled_time
+        let cases_2023 = [
+            (
+                "p1,1,1,1,500,,LS,Running,9,5,",
+                "line 3: column deletion_time: 5 s is before creation_time 9 s",
+            ),
+            (
+                "p1,1,1,1,500,,LS,Running,9,20,8",
+                "line 3: column scheduled_time: 8 s is before creation_time 9 s",
+            ),
+            (
+                "p1,1,1,1,500,,LS,Running,9,20,987654321",
+                "line 3: column scheduled_time: 987654321 s is after deletion_time 20 s",
+            ),
+        ];
+        for (row, expected) in cases_2023 {
+            let text = format!("{head}\np0,1,1,1,500,,LS,Running,5,9,6\n{row}\n");
+            assert_eq!(error_of(text), Err(expected.to_string()), "{row}");
+        }
+        let head = HEADER_2025.join(",");
+        // ...,creation_time,scheduled_time,deletion_time
+        let cases_2025 = [
+            (
+                "i1,HN,app_0,12,12,1,1,25,25,120.0,120.0,640.0,800.0,8,100.0,,99.5",
+                "line 2: column deletion_time: 99 s is before creation_time 100 s",
+            ),
+            (
+                "i1,HN,app_0,12,12,1,1,25,25,120.0,120.0,640.0,800.0,8,,300.0,200.0",
+                "line 2: column scheduled_time: 300 s is after deletion_time 200 s",
+            ),
+        ];
+        for (row, expected) in cases_2025 {
+            assert_eq!(
+                error_of(format!("{head}\n{row}\n")),
+                Err(expected.to_string()),
+                "{row}"
+            );
+        }
+        // Equal times, and fractions within one second, are in order.
+        let trace = read_text(&format!(
+            "{head}\ni1,HN,app_0,12,12,1,1,25,25,120.0,120.0,640.0,800.0,8,100.7,100.2,100.5\n"
+        ))?;
+        assert_eq!(trace.end, 100);
         Ok(())
     }
 }

@@ -150,6 +150,47 @@ fn audit_reconcile_of_the_worked_example_holds_its_identity() {
 }
 
 #[test]
+fn audit_reconcile_csv_neutralises_an_account_id_that_looks_like_a_formula() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("formula.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"at":"2025-04-01T00:00:00Z","cmd":"open","account":"=HYPERLINK(\"x\")"}"#,
+            "\n",
+            r#"{"at":"2025-04-01T00:00:00Z","cmd":"buy","account":"=HYPERLINK(\"x\")","plan":"trial","order":"o-1"}"#,
+            "\n",
+        ),
+    )
+    .expect("write");
+    let data = dir.path().join("data");
+    let output = dcu(&[
+        "scenario",
+        file.to_str().expect("path"),
+        "--data",
+        data_arg(&data),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let output = dcu(&[
+        "reconcile",
+        "--data",
+        data_arg(&data),
+        "--from",
+        "2025-04-01T00:00:00Z",
+        "--to",
+        "2025-04-02T00:00:00Z",
+        "--format",
+        "csv",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let csv = text(&output);
+    assert!(
+        csv.contains("\naccount,\"'=HYPERLINK(\"\"x\"\")\",2025-04-01T00:00:00Z,"),
+        "{csv}"
+    );
+}
+
+#[test]
 fn audit_invoices_show_in_statement_and_report() {
     let (_dir, data) = story("i6_invoices");
     let output = dcu(&[

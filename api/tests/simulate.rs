@@ -7,9 +7,34 @@ use std::path::{Path, PathBuf};
 use api::simulate::{self, SimulateOptions};
 use api::traces::{Trace, TraceFormat};
 
-/// The traces live in `shared/` beside the project root (`../shared` from the checkout).
+/// Names the folder of the traces, overriding the default `<workspace root>/../shared/data/traces`.
+const TRACES_DIR_ENV: &str = "DCU_TRACES_DIR";
+
+/// The traces folder: `DCU_TRACES_DIR` if set, else `shared/` beside the project root
+/// (`../shared` from the checkout, as in CI). A missing folder fails the test, naming the
+/// path tried and the variable: the trace tests are never skipped silently.
 fn traces_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/traces")
+    traces_dir_from(std::env::var_os(TRACES_DIR_ENV)).unwrap_or_else(|message| panic!("{message}"))
+}
+
+fn traces_dir_from(value: Option<std::ffi::OsString>) -> Result<PathBuf, String> {
+    let (dir, source) = match value {
+        Some(value) if !value.is_empty() => {
+            (PathBuf::from(value), format!("from {TRACES_DIR_ENV}"))
+        }
+        _ => (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/traces"),
+            format!("the default; set {TRACES_DIR_ENV} to the folder holding the traces"),
+        ),
+    };
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "trace folder {} not found ({source})",
+            dir.display()
+        ))
+    }
 }
 
 const SLICE_ROWS: usize = 300;
@@ -147,6 +172,22 @@ fn r_i1_simulate_with_heartbeats_and_a_small_pool() {
     assert!(
         report.tasks.queued > 0,
         "8 cards for many instances: some wait"
+    );
+}
+
+#[test]
+fn a_missing_traces_dir_names_the_path_and_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-traces-here");
+    let error = traces_dir_from(Some(missing.clone().into_os_string()))
+        .expect_err("a missing folder is an error");
+    assert!(error.contains(&missing.display().to_string()), "{error}");
+    assert!(error.contains(TRACES_DIR_ENV), "{error}");
+    let found = traces_dir_from(Some(dir.path().as_os_str().to_owned()));
+    assert_eq!(
+        found.as_deref(),
+        Ok(dir.path()),
+        "the variable overrides the default"
     );
 }
 

@@ -617,11 +617,77 @@ pub fn to_csv(report: &Report) -> String {
     out
 }
 
-/// Quotes a CSV field when it needs it.
+/// A text cell (an account id, a day), quoted when it needs it. Text a spreadsheet would
+/// read as a formula (`=`, `+`, `-`, `@`, a tab or a carriage return first) is neutralised
+/// with a leading `'` inside a quoted cell. Amount cells never come here: a negative amount
+/// such as `-1.5` stays a number.
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("\"'{}\"", text.replace('"', "\"\""))
+    } else if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
         text.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(id: &str, closing_balance: Dcu) -> AccountFigures {
+        let mut figures = Figures::default();
+        figures.closing.balances.balance = closing_balance;
+        AccountFigures {
+            account: id.into(),
+            figures,
+        }
+    }
+
+    #[test]
+    fn csv_text_cells_that_look_like_formulas_are_neutralised_amounts_are_not() {
+        let minus = Dcu::from_micros(-1_500_000);
+        let report = Report {
+            from: Timestamp::default(),
+            to: Timestamp::default(),
+            accounts: vec![
+                account("=HYPERLINK(\"http:evil\",\"x\")", minus),
+                account("+1", minus),
+                account("-1+2", minus),
+                account("@SUM(A1)", minus),
+                account("\tx", minus),
+                account("\rx", minus),
+                account("a=b", minus),
+                account("plain,comma", minus),
+            ],
+            total: Figures::default(),
+            days: Vec::new(),
+            identity_ok: true,
+        };
+        let csv = to_csv(&report);
+        let names: Vec<&str> = csv
+            .lines()
+            .filter_map(|line| line.strip_prefix("account,"))
+            .map(|rest| rest.split_once(",1970").map_or(rest, |(name, _)| name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "\"'=HYPERLINK(\"\"http:evil\"\",\"\"x\"\")\"",
+                "\"'+1\"",
+                "\"'-1+2\"",
+                "\"'@SUM(A1)\"",
+                "\"'\tx\"",
+                "\"'\rx\"",
+                "a=b",
+                "\"plain,comma\"",
+            ]
+        );
+        // The closing balance (column 10) of every account row is the bare number -1.5.
+        let row = csv
+            .lines()
+            .find(|line| line.starts_with("account,\"'+1\","))
+            .expect("row of +1");
+        assert_eq!(row.split(',').nth(9), Some("-1.5"), "{row}");
     }
 }
