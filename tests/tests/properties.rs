@@ -895,7 +895,9 @@ fn check_i6(world: &World, now: Timestamp) -> Result<(), String> {
     for (account, events) in &world.logs {
         for event in events {
             match &event.body {
-                EventBody::PeriodEnded { .. } => {
+                // §9: running leases are metered before a period ends and before credit
+                // expires (an activated carry-over can expire inside a period, C4).
+                EventBody::PeriodEnded { .. } | EventBody::BucketExpired { .. } => {
                     period_ends.insert((account.clone(), event.at));
                 }
                 EventBody::LeaseGranted { lease, terms, .. } => {
@@ -994,8 +996,8 @@ fn check_i6(world: &World, now: Timestamp) -> Result<(), String> {
     }
     for (lease, held) in &leases {
         // M6, M8: besides heartbeats, a lease is metered only when it ends (release, ban,
-        // exhaustion) or at a period end; so an expired lease is billed to its last
-        // heartbeat unless a period ended in between.
+        // exhaustion), at a period end or when credit expires; so an expired lease is billed
+        // to its last heartbeat unless a period ended or credit expired in between.
         for (account, at) in &held.loose {
             if held.ended_at != Some(*at) && !period_ends.contains(&(account.clone(), *at)) {
                 return Err(format!(
