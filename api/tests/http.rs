@@ -447,6 +447,50 @@ async fn bad_inputs_are_4xx_problems_and_store_nothing() {
     server.server.shutdown().await.unwrap();
 }
 
+/// I5 over HTTP: an order id again answers its first result only for the very same request;
+/// another price or reason is refused and stores nothing.
+#[tokio::test]
+async fn r_i5_an_order_again_with_another_price_is_refused_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    server.open("bob").await;
+    let first = json!({"order": "o1", "plan": "trial", "price_cny": "100000", "price_reason": "campus deal"});
+    let answer = server
+        .ok(Method::POST, "/v1/accounts/bob/orders", Some(first.clone()))
+        .await;
+    let before = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    let again = server
+        .ok(Method::POST, "/v1/accounts/bob/orders", Some(first))
+        .await;
+    assert_eq!(again, answer, "the same request answers the first result");
+    for body in [
+        json!({"order": "o1", "plan": "trial", "price_cny": "10", "price_reason": ""}),
+        json!({"order": "o1", "plan": "trial", "price_cny": "100000", "price_reason": "other"}),
+        json!({"order": "o1", "plan": "trial"}),
+    ] {
+        let (status, problem) = server
+            .admin(Method::POST, "/v1/accounts/bob/orders", Some(body.clone()))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        assert_eq!(problem["code"], "invalid_request");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("new order id"),
+            "{problem}"
+        );
+    }
+    let after = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    assert_eq!(before, after, "a refused order stored something");
+    server.server.shutdown().await.unwrap();
+}
+
 /// Many clients writing to one account at once; I1 holds afterwards and the arithmetic adds
 /// up; every acknowledged write survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

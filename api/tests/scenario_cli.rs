@@ -12,6 +12,38 @@ fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::path::PathBuf 
     path
 }
 
+/// Runs scenario lines (one JSON object per line) and returns the output lines.
+fn run_lines(lines: &[&str]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write(dir.path(), "story.jsonl", lines.join("\n").as_bytes());
+    let output = dcu().arg("scenario").arg(&file).output().expect("dcu runs");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).expect("UTF-8 output");
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect()
+}
+
+#[test]
+fn r_i5_scenario_buy_again_with_another_price_is_refused() {
+    let out = run_lines(&[
+        r#"{"at":"2025-04-01T00:00:00Z","cmd":"open","account":"bob"}"#,
+        r#"{"at":"2025-04-01T00:00:00Z","cmd":"buy","account":"bob","plan":"trial","order":"o1","price_cny":"100000","price_reason":"campus deal"}"#,
+        r#"{"at":"2025-04-01T00:00:01Z","cmd":"buy","account":"bob","plan":"trial","order":"o1","price_cny":"100000","price_reason":"campus deal"}"#,
+        r#"{"at":"2025-04-01T00:00:02Z","cmd":"buy","account":"bob","plan":"trial","order":"o1","price_cny":"10","price_reason":""}"#,
+        r#"{"at":"2025-04-01T00:00:03Z","cmd":"buy","account":"bob","plan":"trial","order":"o1"}"#,
+    ]);
+    assert_eq!(out[1]["effect"], "started", "{:?}", out[1]);
+    assert_eq!(
+        out[2]["effect"], "started",
+        "the same line again: {:?}",
+        out[2]
+    );
+    for line in &out[3..] {
+        assert_eq!(line["error"]["code"], "invalid_request", "{line}");
+    }
+}
+
 #[test]
 fn scenario_non_utf8_line_is_malformed_and_the_run_goes_on() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -9,7 +9,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::account::AccountState;
+use crate::account::{AccountState, OrderRecord};
 use crate::amount::{lease_cost, Dcu};
 use crate::catalog::{self, Catalog};
 use crate::clock::{Timestamp, PERIOD_S};
@@ -362,9 +362,7 @@ fn payment(
     price_reason: Option<&str>,
 ) -> Result<Payment, Refusal> {
     let list_price_cny = if edu { list.1 } else { list.0 };
-    let reason = price_reason
-        .map(str::trim)
-        .filter(|reason| !reason.is_empty());
+    let reason = given_reason(price_reason);
     if reason.is_some_and(|reason| !reason_is_fine(reason)) {
         return Err(Refusal::invalid(format!(
             "price_reason must be at most {MAX_REASON_LEN} bytes without control characters"
@@ -390,6 +388,46 @@ fn payment(
     })
 }
 
+/// The reason a request gives, as it is recorded: trimmed, and none when empty.
+fn given_reason(price_reason: Option<&str>) -> Option<&str> {
+    price_reason
+        .map(str::trim)
+        .filter(|reason| !reason.is_empty())
+}
+
+/// I5: an order id already recorded answers the first effect only if the request is the
+/// same: the same plan, the same price (none given means the list price recorded then) and
+/// the same reason. Anything else is refused, so a changed order never passes as recorded.
+fn repeat_order(
+    order: &str,
+    recorded: &OrderRecord,
+    plan: &str,
+    price_cny: Option<Decimal>,
+    price_reason: Option<&str>,
+) -> Result<Vec<Event>, Refusal> {
+    if recorded.plan != plan {
+        return Err(Refusal::invalid(format!(
+            "order {order:?} was already recorded for plan {:?}: use a new order id for \
+             another plan",
+            recorded.plan
+        )));
+    }
+    let price = price_cny.unwrap_or(recorded.list_price_cny);
+    let reason = given_reason(price_reason);
+    if price != recorded.price_cny || reason != recorded.price_reason.as_deref() {
+        let recorded_reason = match &recorded.price_reason {
+            Some(reason) => format!("reason {reason:?}"),
+            None => "no reason".into(),
+        };
+        return Err(Refusal::invalid(format!(
+            "order {order:?} was already recorded at {} CNY with {recorded_reason}: send the \
+             same price_cny and price_reason again, or use a new order id",
+            recorded.price_cny
+        )));
+    }
+    Ok(Vec::new())
+}
+
 /// P1–P6
 fn buy(
     state: &AccountState,
@@ -403,14 +441,7 @@ fn buy(
     require_open(state)?;
     check_id("order", order)?;
     if let Some(recorded) = state.orders.get(order) {
-        return if recorded.plan == plan {
-            Ok(Vec::new())
-        } else {
-            Err(Refusal::invalid(format!(
-                "order {order:?} was already recorded for plan {:?}",
-                recorded.plan
-            )))
-        };
+        return repeat_order(order, recorded, plan, price_cny, price_reason);
     }
     let catalog = &context.catalog;
     if plan == catalog.extension.id {

@@ -225,6 +225,71 @@ fn r_i5_same_order_twice_has_one_effect_and_another_plan_is_refused() {
 }
 
 #[test]
+fn r_i5_same_order_with_another_price_or_reason_is_refused() {
+    let mut world = World::new();
+    let priced = |price: Option<&str>, reason: Option<&str>| Command::Buy {
+        order: "o1".into(),
+        plan: "trial".into(),
+        price_cny: price.map(|price| price.parse().expect("decimal")),
+        price_reason: reason.map(String::from),
+    };
+    world.ok(
+        "2025-04-01T00:00:00Z",
+        priced(Some("100000"), Some("campus deal")),
+    );
+    let events = world.log.len();
+    // The exact same request again (and the same price written another way) answers the
+    // first result and writes nothing.
+    world.ok(
+        "2025-04-01T00:00:01Z",
+        priced(Some("100000"), Some("campus deal")),
+    );
+    world.ok(
+        "2025-04-01T00:00:01Z",
+        priced(Some("100000.00"), Some(" campus deal ")),
+    );
+    assert_eq!(world.log.len(), events);
+    for (price, reason) in [
+        (Some("10"), Some("")),
+        (Some("10"), Some("campus deal")),
+        (Some("100000"), Some("another reason")),
+        (Some("100000"), None),
+        (None, None),
+    ] {
+        assert_eq!(
+            world.refused("2025-04-01T00:00:02Z", priced(price, reason)),
+            ErrorCode::InvalidRequest,
+            "price {price:?}, reason {reason:?}"
+        );
+    }
+    assert_eq!(world.log.len(), events, "a refusal writes nothing");
+    // An order at the list price: a repeat naming that price, or none, is the same order.
+    world.buy("2025-04-02T00:00:00Z", "o2", "trial");
+    let events = world.log.len();
+    world.ok(
+        "2025-04-02T00:00:01Z",
+        Command::Buy {
+            order: "o2".into(),
+            plan: "trial".into(),
+            price_cny: Some("135".parse().expect("decimal")),
+            price_reason: None,
+        },
+    );
+    world.buy("2025-04-02T00:00:01Z", "o2", "trial");
+    assert_eq!(world.log.len(), events);
+    let discounted = Command::Buy {
+        order: "o2".into(),
+        plan: "trial".into(),
+        price_cny: Some("100".parse().expect("decimal")),
+        price_reason: Some("late discount".into()),
+    };
+    assert_eq!(
+        world.refused("2025-04-02T00:00:02Z", discounted),
+        ErrorCode::InvalidRequest
+    );
+}
+
+#[test]
 fn r_c1_c2_c3_the_manuals_worked_example() {
     let mut world = World::new();
     world.buy("2025-03-31T16:00:00Z", "o1", "trial");

@@ -160,7 +160,7 @@ pub async fn get_account(
     responses((status = 200, body = OrderBody),
         (status = 404, description = "unknown_account", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "account_banned, no_current_period", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid_request (unknown plan, order of another plan)", body = Problem, content_type = "application/problem+json")),
+        (status = 422, description = "invalid_request (unknown plan, order id again with another plan, price or reason)", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn post_order(
     State(state): State<AppState>,
