@@ -491,6 +491,57 @@ async fn r_i5_an_order_again_with_another_price_is_refused_over_http() {
     server.server.shutdown().await.unwrap();
 }
 
+/// U1 over HTTP: `price_cny` is a plain decimal string; anything else is refused, nothing is
+/// stored, and the problem says what to write.
+#[tokio::test]
+async fn r_u1_price_cny_must_be_a_plain_decimal_string_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    server.open("bob").await;
+    let before = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    for price in [
+        json!("1e5"),
+        json!("1E-2"),
+        json!("+10"),
+        json!("10."),
+        json!(".5"),
+        json!("1_0"),
+        json!(" 10"),
+        json!(10),
+    ] {
+        let body =
+            json!({"order": "o1", "plan": "trial", "price_cny": price, "price_reason": "deal"});
+        let (status, problem) = server
+            .admin(Method::POST, "/v1/accounts/bob/orders", Some(body))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{price}: {problem}"
+        );
+        assert_eq!(problem["code"], "invalid_request");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("plain decimal"),
+            "{price}: {problem}"
+        );
+    }
+    let after = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    assert_eq!(before, after, "a refused order stored something");
+    let order =
+        json!({"order": "o1", "plan": "trial", "price_cny": "10.50", "price_reason": "deal"});
+    server
+        .ok(Method::POST, "/v1/accounts/bob/orders", Some(order))
+        .await;
+    server.server.shutdown().await.unwrap();
+}
+
 /// Many clients writing to one account at once; I1 holds afterwards and the arithmetic adds
 /// up; every acknowledged write survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -45,6 +45,26 @@ fn r_i5_scenario_buy_again_with_another_price_is_refused() {
 }
 
 #[test]
+fn r_u1_scenario_price_cny_must_be_a_plain_decimal_string() {
+    let mut lines =
+        vec![r#"{"at":"2025-04-01T00:00:00Z","cmd":"open","account":"bob"}"#.to_string()];
+    for price in ["\"1e5\"", "\"+10\"", "\"1_0\"", "\".5\"", "10"] {
+        lines.push(format!(
+            r#"{{"at":"2025-04-01T00:00:00Z","cmd":"buy","account":"bob","plan":"trial","order":"o1","price_cny":{price},"price_reason":"deal"}}"#
+        ));
+    }
+    lines.push(r#"{"at":"2025-04-01T00:00:00Z","cmd":"balance","account":"bob"}"#.into());
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let out = run_lines(&lines);
+    for line in &out[1..out.len() - 1] {
+        assert_eq!(line["error"]["code"], "invalid_request", "{line}");
+        let message = line["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("plain decimal"), "{line}");
+    }
+    assert_eq!(out[out.len() - 1]["available"], "0", "nothing was bought");
+}
+
+#[test]
 fn scenario_non_utf8_line_is_malformed_and_the_run_goes_on() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = write(

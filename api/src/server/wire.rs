@@ -38,7 +38,10 @@ pub struct OrderRequest {
     /// `trial`, `basic`, `advanced` or `extension` (the catalog's ids).
     pub plan: String,
     /// A price other than the list price (decimal string); needs `price_reason`.
-    #[serde(default, with = "rust_decimal::serde::str_option")]
+    #[serde(
+        default,
+        deserialize_with = "ledger::amount::plain::non_negative_option"
+    )]
     #[schema(value_type = Option<String>)]
     pub price_cny: Option<Decimal>,
     #[serde(default)]
