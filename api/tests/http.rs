@@ -542,6 +542,48 @@ async fn r_u1_price_cny_must_be_a_plain_decimal_string_over_http() {
     server.server.shutdown().await.unwrap();
 }
 
+/// M11 over HTTP: a usage record of 0 seconds is refused and stores nothing.
+#[tokio::test]
+async fn r_m11_usage_of_zero_seconds_is_refused_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    server.open("bob").await;
+    let before = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    let body = json!({"record": "r0", "model": "dc100-80g", "cards": 1, "seconds": 0});
+    let (status, problem) = server
+        .admin(Method::POST, "/v1/accounts/bob/usage", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["code"], "invalid_request");
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("seconds must be 1"));
+    let after = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    assert_eq!(before, after, "a refused record stored something");
+    server.server.shutdown().await.unwrap();
+}
+
+/// A1 over HTTP: `.` and `..` cannot be opened (no URL could reach them).
+#[tokio::test]
+async fn r_a1_account_ids_dot_and_dot_dot_are_refused_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    for id in [".", ".."] {
+        let (status, problem) = server
+            .admin(Method::POST, "/v1/accounts", Some(json!({"id": id})))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{id}: {problem}");
+        assert_eq!(problem["code"], "invalid_request");
+    }
+    server.open("...").await;
+    server.server.shutdown().await.unwrap();
+}
+
 /// Many clients writing to one account at once; I1 holds afterwards and the arithmetic adds
 /// up; every acknowledged write survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -65,6 +65,28 @@ fn r_u1_scenario_price_cny_must_be_a_plain_decimal_string() {
 }
 
 #[test]
+fn r_m11_scenario_meter_of_zero_seconds_is_refused() {
+    let out = run_lines(&[
+        r#"{"at":"2025-04-01T00:00:00Z","cmd":"open","account":"bob"}"#,
+        r#"{"at":"2025-04-01T00:00:00Z","cmd":"meter","account":"bob","record":"r0","model":"dc100-80g","cards":1,"seconds":0}"#,
+        r#"{"at":"2025-04-01T00:00:00Z","cmd":"meter","account":"bob","record":"r0","model":"dc100-80g","cards":1,"seconds":1}"#,
+    ]);
+    assert_eq!(out[1]["error"]["code"], "invalid_request", "{}", out[1]);
+    assert_eq!(out[2]["cost"], "0.000711", "r0 was not stored: {}", out[2]);
+}
+
+#[test]
+fn r_a1_scenario_open_dot_and_dot_dot_is_refused() {
+    let out = run_lines(&[
+        r#"{"at":"2025-04-01T00:00:00Z","cmd":"open","account":"."}"#,
+        r#"{"at":"2025-04-01T00:00:00Z","cmd":"open","account":".."}"#,
+    ]);
+    for line in &out {
+        assert_eq!(line["error"]["code"], "invalid_request", "{line}");
+    }
+}
+
+#[test]
 fn scenario_non_utf8_line_is_malformed_and_the_run_goes_on() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = write(

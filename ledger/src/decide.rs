@@ -346,6 +346,14 @@ fn open(state: &AccountState, edu: bool, now: Timestamp) -> Result<Vec<Event>, R
         ));
     }
     check_id("account", &state.id)?;
+    if state.id == "." || state.id == ".." {
+        // A path segment of `.` or `..` is resolved away by URL normalisation, so such an
+        // account could never be reached at `/v1/accounts/{id}`.
+        return Err(Refusal::invalid(
+            "account must not be \".\" or \"..\" (they cannot be addressed in a URL): pick \
+             another id",
+        ));
+    }
     let body = EventBody::AccountOpened {
         account: state.id.clone(),
         edu,
@@ -623,9 +631,9 @@ fn record_usage(
             "cards must be 1 to {MAX_USAGE_CARDS}"
         )));
     }
-    if seconds > MAX_USAGE_SECONDS {
+    if seconds == 0 || seconds > MAX_USAGE_SECONDS {
         return Err(Refusal::invalid(format!(
-            "seconds must be at most {MAX_USAGE_SECONDS}"
+            "seconds must be 1 to {MAX_USAGE_SECONDS}: a usage record covers at least one second"
         )));
     }
     let cost = lease_cost(gpu.rate_dcu_per_hour, cards, seconds);

@@ -290,6 +290,46 @@ fn r_i5_same_order_with_another_price_or_reason_is_refused() {
 }
 
 #[test]
+fn r_m11_a_usage_record_covers_at_least_one_second() {
+    let mut world = World::new();
+    world.buy("2025-04-01T00:00:00Z", "o1", "trial");
+    let events = world.log.len();
+    assert_eq!(
+        world.refused("2025-04-02T00:00:00Z", usage("r0", "dc100-80g", 1, 0)),
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(world.log.len(), events, "nothing stored");
+    assert!(!world.state.records.contains_key("r0"));
+    world.ok("2025-04-02T00:00:00Z", usage("r0", "dc100-80g", 1, 1));
+}
+
+#[test]
+fn r_a1_account_ids_dot_and_dot_dot_are_refused_at_open() {
+    for id in [".", ".."] {
+        let state = AccountState::new(id);
+        let refusal = decide(
+            &state,
+            &Context::default(),
+            &Command::Open { edu: false },
+            at("2025-04-01T00:00:00Z"),
+        )
+        .expect_err("refused");
+        assert_eq!(refusal.code, ErrorCode::InvalidRequest, "{id:?}");
+        assert!(refusal.message.contains("URL"), "{}", refusal.message);
+    }
+    for id in ["...", ".a", "a.", "a..b"] {
+        let state = AccountState::new(id);
+        let opened = decide(
+            &state,
+            &Context::default(),
+            &Command::Open { edu: false },
+            at("2025-04-01T00:00:00Z"),
+        );
+        assert!(opened.is_ok(), "{id:?}: {opened:?}");
+    }
+}
+
+#[test]
 fn r_c1_c2_c3_the_manuals_worked_example() {
     let mut world = World::new();
     world.buy("2025-03-31T16:00:00Z", "o1", "trial");
