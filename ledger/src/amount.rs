@@ -15,7 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const SCALE: u32 = 6;
 
 /// Largest magnitude an amount may have: a billion DCU, far beyond any real account, and far
-/// below where i128 micro-arithmetic or Decimal could overflow.
+/// below where i128 micro-arithmetic or Decimal could overflow. Parsing refuses more; an
+/// account's arrears, metered and spent totals are kept within it by refusing usage records
+/// that would pass it (`decide`, D2).
 pub const MAX_ABS_DCU: i64 = 1_000_000_000;
 
 const MICROS_PER_DCU: i128 = 1_000_000;

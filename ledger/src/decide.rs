@@ -10,13 +10,13 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::account::{AccountState, OrderRecord};
-use crate::amount::{lease_cost, Dcu};
+use crate::amount::{lease_cost, Dcu, MAX_ABS_DCU};
 use crate::catalog::{self, Catalog};
 use crate::clock::{Timestamp, PERIOD_S};
 use crate::due::{metering, Emitter};
 use crate::event::Event;
 use crate::event::{
-    BucketAmount, EventBody, JobKind, LeaseEnd, LeaseTerms, Payment, Placement, PlanTerms,
+    BucketAmount, Charge, EventBody, JobKind, LeaseEnd, LeaseTerms, Payment, Placement, PlanTerms,
     RevokeReason,
 };
 
@@ -637,15 +637,39 @@ fn record_usage(
         )));
     }
     let cost = lease_cost(gpu.rate_dcu_per_hour, cards, seconds);
+    let charge = state.plan_charge(cost);
+    check_totals_bound(state, &charge)?;
     let body = EventBody::UsageRecorded {
         record: record.into(),
         model: model.into(),
         cards,
         seconds,
         started_at: started_at.unwrap_or(now.plus_seconds(-(seconds as i64))),
-        charge: state.plan_charge(cost),
+        charge,
     };
     Ok(vec![event(now, body)])
+}
+
+/// U1, D2: no account total (arrears, metered, spent) may pass [`MAX_ABS_DCU`], the largest
+/// amount the ledger holds. Only a usage record (M11) can get there: lease metering spends at
+/// most the active credit plus less than a second of the leases' cost (M7), so it is never
+/// refused.
+fn check_totals_bound(state: &AccountState, charge: &Charge) -> Result<(), Refusal> {
+    let bound = Dcu::from_micros(MAX_ABS_DCU * 1_000_000);
+    let debited: Dcu = charge.debits.iter().map(|debit| debit.amount).sum();
+    let totals = [
+        ("arrears", state.arrears + charge.arrears_added),
+        ("metered", state.totals.metered + charge.amount),
+        ("spent", state.totals.spent + debited),
+    ];
+    match totals.iter().find(|(_, total)| *total > bound) {
+        None => Ok(()),
+        Some((name, total)) => Err(Refusal::invalid(format!(
+            "this record's cost ({} DCU) would take the account's {name} total to {total} DCU, \
+             past the bound of {MAX_ABS_DCU} DCU: record less usage (fewer cards or seconds)",
+            charge.amount
+        ))),
+    }
 }
 
 /// M1, M2: the structural checks of a lease request.

@@ -330,6 +330,31 @@ fn r_a1_account_ids_dot_and_dot_dot_are_refused_at_open() {
 }
 
 #[test]
+fn r_d2_usage_that_would_take_arrears_past_the_bound_is_refused() {
+    let mut world = World::new();
+    // 4096 cards × 366 days of dc100-80g: 92 106 915.84 DCU a record, all arrears.
+    let big = |record: &str| usage(record, "dc100-80g", 4_096, 31_622_400);
+    for index in 0..10 {
+        world.ok("2025-04-01T00:00:00Z", big(&format!("r{index}")));
+    }
+    assert_eq!(world.state.arrears, dcu("921069158.4"));
+    let events = world.log.len();
+    assert_eq!(
+        world.refused("2025-04-01T00:00:00Z", big("r10")),
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(world.log.len(), events, "nothing stored");
+    assert_eq!(world.state.arrears, dcu("921069158.4"));
+    // What still fits the bound is recorded; the bound itself is reachable, not passable.
+    world.ok("2025-04-01T00:00:00Z", usage("r11", "dc100-80g", 1, 1));
+    let bound = Dcu::from_micros(1_000_000_000 * 1_000_000);
+    assert!(world.state.arrears <= bound && world.state.totals.metered <= bound);
+    // The log stays readable: every amount in it parses back (U1).
+    let replayed = AccountState::replay("stu", &world.log);
+    assert_eq!(replayed, world.state);
+}
+
+#[test]
 fn r_c1_c2_c3_the_manuals_worked_example() {
     let mut world = World::new();
     world.buy("2025-03-31T16:00:00Z", "o1", "trial");
