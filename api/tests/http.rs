@@ -584,6 +584,62 @@ async fn r_a1_account_ids_dot_and_dot_dot_are_refused_over_http() {
     server.server.shutdown().await.unwrap();
 }
 
+/// A body that never arrives whole (slowloris: `Content-Length: 100`, 5 bytes sent) is
+/// answered 408 with a problem after the body-read timeout, and the connection is closed.
+#[tokio::test]
+async fn a_stalled_request_body_times_out_with_408_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    let stream = tokio::net::TcpStream::connect(server.server.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/accounts HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"id\"",
+        server.server.addr
+    );
+    // Readiness and try_* only: the test does not need tokio's io-util.
+    let mut sent = 0;
+    while sent < head.len() {
+        stream.writable().await.unwrap();
+        match stream.try_write(&head.as_bytes()[sent..]) {
+            Ok(written) => sent += written,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => panic!("write failed: {error}"),
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read_to_end = async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            stream.readable().await.unwrap();
+            match stream.try_read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => answer.extend_from_slice(&buffer[..read]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(error) => panic!("read failed: {error}"),
+            }
+        }
+    };
+    let read = tokio::time::timeout(
+        api::server::BODY_READ_TIMEOUT + std::time::Duration::from_secs(10),
+        read_to_end,
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was held open");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= api::server::BODY_READ_TIMEOUT - std::time::Duration::from_secs(1));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    let (status, _) = server.admin(Method::GET, "/v1/accounts/a", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was opened");
+    server.server.shutdown().await.unwrap();
+}
+
 /// Many clients writing to one account at once; I1 holds afterwards and the arithmetic adds
 /// up; every acknowledged write survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
