@@ -61,7 +61,10 @@ struct BuyArgs {
     account: String,
     plan: String,
     order: String,
-    #[serde(default, with = "rust_decimal::serde::str_option")]
+    #[serde(
+        default,
+        deserialize_with = "ledger::amount::plain::non_negative_option"
+    )]
     price_cny: Option<Decimal>,
     #[serde(default)]
     price_reason: Option<String>,

@@ -447,6 +447,199 @@ async fn bad_inputs_are_4xx_problems_and_store_nothing() {
     server.server.shutdown().await.unwrap();
 }
 
+/// I5 over HTTP: an order id again answers its first result only for the very same request;
+/// another price or reason is refused and stores nothing.
+#[tokio::test]
+async fn r_i5_an_order_again_with_another_price_is_refused_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    server.open("bob").await;
+    let first = json!({"order": "o1", "plan": "trial", "price_cny": "100000", "price_reason": "campus deal"});
+    let answer = server
+        .ok(Method::POST, "/v1/accounts/bob/orders", Some(first.clone()))
+        .await;
+    let before = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    let again = server
+        .ok(Method::POST, "/v1/accounts/bob/orders", Some(first))
+        .await;
+    assert_eq!(again, answer, "the same request answers the first result");
+    for body in [
+        json!({"order": "o1", "plan": "trial", "price_cny": "10", "price_reason": ""}),
+        json!({"order": "o1", "plan": "trial", "price_cny": "100000", "price_reason": "other"}),
+        json!({"order": "o1", "plan": "trial"}),
+    ] {
+        let (status, problem) = server
+            .admin(Method::POST, "/v1/accounts/bob/orders", Some(body.clone()))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        assert_eq!(problem["code"], "invalid_request");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("new order id"),
+            "{problem}"
+        );
+    }
+    let after = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    assert_eq!(before, after, "a refused order stored something");
+    server.server.shutdown().await.unwrap();
+}
+
+/// U1 over HTTP: `price_cny` is a plain decimal string; anything else is refused, nothing is
+/// stored, and the problem says what to write.
+#[tokio::test]
+async fn r_u1_price_cny_must_be_a_plain_decimal_string_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    server.open("bob").await;
+    let before = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    for price in [
+        json!("1e5"),
+        json!("1E-2"),
+        json!("+10"),
+        json!("10."),
+        json!(".5"),
+        json!("1_0"),
+        json!(" 10"),
+        json!(10),
+    ] {
+        let body =
+            json!({"order": "o1", "plan": "trial", "price_cny": price, "price_reason": "deal"});
+        let (status, problem) = server
+            .admin(Method::POST, "/v1/accounts/bob/orders", Some(body))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{price}: {problem}"
+        );
+        assert_eq!(problem["code"], "invalid_request");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("plain decimal"),
+            "{price}: {problem}"
+        );
+    }
+    let after = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    assert_eq!(before, after, "a refused order stored something");
+    let order =
+        json!({"order": "o1", "plan": "trial", "price_cny": "10.50", "price_reason": "deal"});
+    server
+        .ok(Method::POST, "/v1/accounts/bob/orders", Some(order))
+        .await;
+    server.server.shutdown().await.unwrap();
+}
+
+/// M11 over HTTP: a usage record of 0 seconds is refused and stores nothing.
+#[tokio::test]
+async fn r_m11_usage_of_zero_seconds_is_refused_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    server.open("bob").await;
+    let before = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    let body = json!({"record": "r0", "model": "dc100-80g", "cards": 1, "seconds": 0});
+    let (status, problem) = server
+        .admin(Method::POST, "/v1/accounts/bob/usage", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["code"], "invalid_request");
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("seconds must be 1"));
+    let after = server
+        .ok(Method::GET, "/v1/accounts/bob/events", None)
+        .await;
+    assert_eq!(before, after, "a refused record stored something");
+    server.server.shutdown().await.unwrap();
+}
+
+/// A1 over HTTP: `.` and `..` cannot be opened (no URL could reach them).
+#[tokio::test]
+async fn r_a1_account_ids_dot_and_dot_dot_are_refused_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    for id in [".", ".."] {
+        let (status, problem) = server
+            .admin(Method::POST, "/v1/accounts", Some(json!({"id": id})))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{id}: {problem}");
+        assert_eq!(problem["code"], "invalid_request");
+    }
+    server.open("...").await;
+    server.server.shutdown().await.unwrap();
+}
+
+/// A body that never arrives whole (slowloris: `Content-Length: 100`, 5 bytes sent) is
+/// answered 408 with a problem after the body-read timeout, and the connection is closed.
+#[tokio::test]
+async fn a_stalled_request_body_times_out_with_408_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launch(dir.path(), Some(ADMIN), at("2025-04-01T00:00:00Z")).await;
+    let stream = tokio::net::TcpStream::connect(server.server.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/accounts HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"id\"",
+        server.server.addr
+    );
+    // Readiness and try_* only: the test does not need tokio's io-util.
+    let mut sent = 0;
+    while sent < head.len() {
+        stream.writable().await.unwrap();
+        match stream.try_write(&head.as_bytes()[sent..]) {
+            Ok(written) => sent += written,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => panic!("write failed: {error}"),
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read_to_end = async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            stream.readable().await.unwrap();
+            match stream.try_read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => answer.extend_from_slice(&buffer[..read]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(error) => panic!("read failed: {error}"),
+            }
+        }
+    };
+    let read = tokio::time::timeout(
+        api::server::BODY_READ_TIMEOUT + std::time::Duration::from_secs(10),
+        read_to_end,
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was held open");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= api::server::BODY_READ_TIMEOUT - std::time::Duration::from_secs(1));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    let (status, _) = server.admin(Method::GET, "/v1/accounts/a", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was opened");
+    server.server.shutdown().await.unwrap();
+}
+
 /// Many clients writing to one account at once; I1 holds afterwards and the arithmetic adds
 /// up; every acknowledged write survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

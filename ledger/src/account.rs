@@ -129,6 +129,10 @@ pub struct OrderRecord {
     pub effect: PurchaseEffect,
     /// What the order paid (P6), in CNY.
     pub price_cny: Decimal,
+    /// The list price in force when it was recorded, and the reason for another price: a
+    /// repeat of the order must ask for the same price and reason (I5).
+    pub list_price_cny: Decimal,
+    pub price_reason: Option<String>,
     /// The invoice that covers it, once one was recorded.
     pub invoice: Option<String>,
 }
@@ -641,6 +645,8 @@ impl AccountState {
                 plan: plan.into(),
                 effect,
                 price_cny: payment.price_cny,
+                list_price_cny: payment.list_price_cny,
+                price_reason: payment.price_reason.clone(),
                 invoice: None,
             },
         );

@@ -6,7 +6,6 @@
 use std::fmt;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Neg, Sub, SubAssign};
-use std::str::FromStr;
 
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -16,7 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const SCALE: u32 = 6;
 
 /// Largest magnitude an amount may have: a billion DCU, far beyond any real account, and far
-/// below where i128 micro-arithmetic or Decimal could overflow.
+/// below where i128 micro-arithmetic or Decimal could overflow. Parsing refuses more; an
+/// account's arrears, metered and spent totals are kept within it by refusing usage records
+/// that would pass it (`decide`, D2).
 pub const MAX_ABS_DCU: i64 = 1_000_000_000;
 
 const MICROS_PER_DCU: i128 = 1_000_000;
@@ -83,10 +84,10 @@ impl Dcu {
         }
     }
 
-    /// Parses a decimal string such as `"66.6"`; refuses more than 6 places and huge values.
+    /// Parses a plain decimal string such as `"66.6"` or `"-5"` ([`parse_plain`]); refuses
+    /// more than 6 places and huge values.
     pub fn parse(text: &str) -> Result<Dcu, AmountError> {
-        let value =
-            Decimal::from_str(text.trim()).map_err(|_| AmountError::NotDecimal(text.into()))?;
+        let value = parse_plain(text, Sign::MayBeNegative)?;
         Dcu::try_from_decimal(value).map_err(|error| match error {
             AmountError::NotDecimal(_) => AmountError::NotDecimal(text.into()),
             AmountError::TooPrecise(_) => AmountError::TooPrecise(text.into()),
@@ -102,6 +103,105 @@ impl Dcu {
             return Err(AmountError::OutOfRange(value.to_string()));
         }
         Ok(Dcu(value.normalize()))
+    }
+}
+
+/// Whether a leading `-` is allowed where an amount is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sign {
+    MayBeNegative,
+    NotNegative,
+}
+
+/// The one parser of amounts that come from input (HTTP bodies, scenario lines, catalog
+/// files) and from the log: a plain decimal string, that is an optional `-` (only with
+/// [`Sign::MayBeNegative`]), one or more ASCII digits, and optionally a `.` followed by at
+/// least one digit. Nothing else: no `+`, no exponent (`1e5`), no `_`, no spaces, no `10.` or
+/// `.5`. The value is exact (never rounded); bounds are the caller's (U1: [`Dcu::parse`]).
+pub fn parse_plain(text: &str, sign: Sign) -> Result<Decimal, AmountError> {
+    let not_decimal = || AmountError::NotDecimal(text.into());
+    let unsigned = match (text.strip_prefix('-'), sign) {
+        (Some(rest), Sign::MayBeNegative) => rest,
+        (Some(_), Sign::NotNegative) => return Err(not_decimal()),
+        (None, _) => text,
+    };
+    let (whole, fraction) = match unsigned.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (unsigned, None),
+    };
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
+    if !digits(whole) || fraction.is_some_and(|fraction| !digits(fraction)) {
+        return Err(not_decimal());
+    }
+    Decimal::from_str_exact(text).map_err(|_| {
+        // Well formed, but more digits than a Decimal holds exactly.
+        if whole.trim_start_matches('0').len() > 12 {
+            AmountError::OutOfRange(text.into())
+        } else {
+            AmountError::TooPrecise(text.into())
+        }
+    })
+}
+
+/// Serde helpers that read amounts with [`parse_plain`]: a JSON string only (a JSON number
+/// such as `1e5` is refused too).
+pub mod plain {
+    use std::fmt;
+
+    use rust_decimal::Decimal;
+    use serde::Deserializer;
+
+    use super::{parse_plain, Sign};
+
+    struct Text;
+
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Decimal;
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str(
+                "a non-negative plain decimal string: digits, optionally '.' and digits, \
+                 e.g. \"99.5\"",
+            )
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Decimal, E> {
+            parse_plain(text, Sign::NotNegative).map_err(|error| {
+                E::custom(format!(
+                    "{error}: write a non-negative plain decimal string (digits, optionally \
+                     '.' and digits, e.g. \"99.5\"; no sign, exponent or '_')"
+                ))
+            })
+        }
+    }
+
+    /// A non-negative amount (a price in CNY).
+    pub fn non_negative<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+        deserializer.deserialize_str(Text)
+    }
+
+    /// An optional non-negative amount: absent or `null` is `None`.
+    pub fn non_negative_option<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Decimal>, D::Error> {
+        struct Maybe;
+        impl<'de> serde::de::Visitor<'de> for Maybe {
+            type Value = Option<Decimal>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("null or a non-negative plain decimal string")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Option<Decimal>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Option<Decimal>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Option<Decimal>, D::Error> {
+                non_negative(deserializer).map(Some)
+            }
+        }
+        deserializer.deserialize_option(Maybe)
     }
 }
 
@@ -233,6 +333,98 @@ mod tests {
             Err(AmountError::OutOfRange(_))
         ));
         assert!(matches!(Dcu::parse("abc"), Err(AmountError::NotDecimal(_))));
+    }
+
+    #[test]
+    fn r_u1_only_plain_decimal_strings_are_amounts() {
+        let good = [
+            ("0", "0"),
+            ("10", "10"),
+            ("007", "7"),
+            ("66.6", "66.6"),
+            ("66.600000", "66.6"),
+            ("0.5", "0.5"),
+            ("1000000000", "1000000000"),
+            ("0.000001", "0.000001"),
+        ];
+        for (text, shown) in good {
+            assert_eq!(
+                Dcu::parse(text).map(|amount| amount.to_string()),
+                Ok(shown.to_string()),
+                "{text:?}"
+            );
+            let price = parse_plain(text, Sign::NotNegative).map(|value| value.normalize());
+            assert_eq!(price.map(|value| value.to_string()), Ok(shown.to_string()));
+        }
+        let bad = [
+            "", "-", ".", "1e5", "1E-2", "1e30", "+10", "10.", ".5", "1_0", " 10", "10 ", "1.2.3",
+            "0x10", "1,5", "--1", "-.5", "NaN", "inf", "１０", "10\n", "1 000",
+        ];
+        for text in bad {
+            assert_eq!(
+                Dcu::parse(text),
+                Err(AmountError::NotDecimal(text.into())),
+                "{text:?}"
+            );
+            assert!(parse_plain(text, Sign::NotNegative).is_err(), "{text:?}");
+        }
+        // A leading '-' only where negatives are allowed.
+        assert_eq!(
+            Dcu::parse("-5").map(|amount| amount.to_string()),
+            Ok("-5".into())
+        );
+        assert_eq!(
+            parse_plain("-5", Sign::NotNegative),
+            Err(AmountError::NotDecimal("-5".into()))
+        );
+        // U1 bounds are kept: more than 6 places, huge values, and digits no Decimal holds.
+        assert!(matches!(
+            Dcu::parse("0.0000001"),
+            Err(AmountError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Dcu::parse("0.00000000000000000000000000000001"),
+            Err(AmountError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Dcu::parse("1000000000.000001"),
+            Err(AmountError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            Dcu::parse("-1000000001"),
+            Err(AmountError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            Dcu::parse(&"9".repeat(40)),
+            Err(AmountError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn r_u1_prices_are_read_as_plain_strings_only() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Priced {
+            #[serde(default, deserialize_with = "plain::non_negative_option")]
+            price: Option<Decimal>,
+        }
+        let read = |json: &str| serde_json::from_str::<Priced>(json).map(|priced| priced.price);
+        assert_eq!(
+            read(r#"{"price":"10.5"}"#).ok(),
+            Some(Some(Decimal::new(105, 1)))
+        );
+        assert_eq!(read(r#"{}"#).ok(), Some(None));
+        assert_eq!(read(r#"{"price":null}"#).ok(), Some(None));
+        for json in [
+            r#"{"price":"1e5"}"#,
+            r#"{"price":"1_0"}"#,
+            r#"{"price":"+10"}"#,
+            r#"{"price":"-5"}"#,
+            r#"{"price":10}"#,
+            r#"{"price":1e5}"#,
+        ] {
+            let error = read(json).expect_err(json).to_string();
+            assert!(error.contains("plain decimal"), "{json}: {error}");
+        }
     }
 
     #[test]

@@ -39,7 +39,9 @@ pub struct Plan {
     pub grant_dcu: Dcu,
     pub parallelism_cap: u32,
     pub storage_gb: u32,
+    #[serde(deserialize_with = "crate::amount::plain::non_negative")]
     pub price_cny: Decimal,
+    #[serde(deserialize_with = "crate::amount::plain::non_negative")]
     pub edu_price_cny: Decimal,
 }
 
@@ -49,7 +51,9 @@ pub struct ExtensionPack {
     pub id: String,
     pub name: String,
     pub grant_dcu: Dcu,
+    #[serde(deserialize_with = "crate::amount::plain::non_negative")]
     pub price_cny: Decimal,
+    #[serde(deserialize_with = "crate::amount::plain::non_negative")]
     pub edu_price_cny: Decimal,
 }
 
@@ -282,6 +286,31 @@ mod tests {
         assert!(Catalog::from_json("not json").is_err());
         let duplicated = text.replace("\"basic\"", "\"trial\"");
         assert!(Catalog::from_json(&duplicated).is_err());
+    }
+
+    #[test]
+    fn r_u1_a_catalog_with_amounts_not_plain_decimal_strings_is_refused() {
+        let text = serde_json::to_string(&Catalog::default()).expect("serialises");
+        let edits = [
+            ("\"price_cny\":\"135\"", "\"price_cny\":\"1.35e2\""),
+            ("\"price_cny\":\"135\"", "\"price_cny\":\"1_35\""),
+            ("\"price_cny\":\"135\"", "\"price_cny\":135"),
+            ("\"edu_price_cny\":\"119\"", "\"edu_price_cny\":\"+119\""),
+            ("\"grant_dcu\":\"20\"", "\"grant_dcu\":\"2e1\""),
+            (
+                "\"rate_dcu_per_hour\":\"1.28\"",
+                "\"rate_dcu_per_hour\":\".128e1\"",
+            ),
+            (
+                "\"rate_dcu_per_hour\":\"1.28\"",
+                "\"rate_dcu_per_hour\":\" 1.28\"",
+            ),
+        ];
+        for (from, to) in edits {
+            assert!(text.contains(from), "{from} not in the default catalog");
+            let edited = text.replacen(from, to, 1);
+            assert!(Catalog::from_json(&edited).is_err(), "{to} was accepted");
+        }
     }
 
     #[test]

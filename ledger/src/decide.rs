@@ -9,14 +9,14 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::account::AccountState;
-use crate::amount::{lease_cost, Dcu};
+use crate::account::{AccountState, OrderRecord};
+use crate::amount::{lease_cost, Dcu, MAX_ABS_DCU};
 use crate::catalog::{self, Catalog};
 use crate::clock::{Timestamp, PERIOD_S};
 use crate::due::{metering, Emitter};
 use crate::event::Event;
 use crate::event::{
-    BucketAmount, EventBody, JobKind, LeaseEnd, LeaseTerms, Payment, Placement, PlanTerms,
+    BucketAmount, Charge, EventBody, JobKind, LeaseEnd, LeaseTerms, Payment, Placement, PlanTerms,
     RevokeReason,
 };
 
@@ -346,6 +346,14 @@ fn open(state: &AccountState, edu: bool, now: Timestamp) -> Result<Vec<Event>, R
         ));
     }
     check_id("account", &state.id)?;
+    if state.id == "." || state.id == ".." {
+        // A path segment of `.` or `..` is resolved away by URL normalisation, so such an
+        // account could never be reached at `/v1/accounts/{id}`.
+        return Err(Refusal::invalid(
+            "account must not be \".\" or \"..\" (they cannot be addressed in a URL): pick \
+             another id",
+        ));
+    }
     let body = EventBody::AccountOpened {
         account: state.id.clone(),
         edu,
@@ -362,9 +370,7 @@ fn payment(
     price_reason: Option<&str>,
 ) -> Result<Payment, Refusal> {
     let list_price_cny = if edu { list.1 } else { list.0 };
-    let reason = price_reason
-        .map(str::trim)
-        .filter(|reason| !reason.is_empty());
+    let reason = given_reason(price_reason);
     if reason.is_some_and(|reason| !reason_is_fine(reason)) {
         return Err(Refusal::invalid(format!(
             "price_reason must be at most {MAX_REASON_LEN} bytes without control characters"
@@ -390,6 +396,46 @@ fn payment(
     })
 }
 
+/// The reason a request gives, as it is recorded: trimmed, and none when empty.
+fn given_reason(price_reason: Option<&str>) -> Option<&str> {
+    price_reason
+        .map(str::trim)
+        .filter(|reason| !reason.is_empty())
+}
+
+/// I5: an order id already recorded answers the first effect only if the request is the
+/// same: the same plan, the same price (none given means the list price recorded then) and
+/// the same reason. Anything else is refused, so a changed order never passes as recorded.
+fn repeat_order(
+    order: &str,
+    recorded: &OrderRecord,
+    plan: &str,
+    price_cny: Option<Decimal>,
+    price_reason: Option<&str>,
+) -> Result<Vec<Event>, Refusal> {
+    if recorded.plan != plan {
+        return Err(Refusal::invalid(format!(
+            "order {order:?} was already recorded for plan {:?}: use a new order id for \
+             another plan",
+            recorded.plan
+        )));
+    }
+    let price = price_cny.unwrap_or(recorded.list_price_cny);
+    let reason = given_reason(price_reason);
+    if price != recorded.price_cny || reason != recorded.price_reason.as_deref() {
+        let recorded_reason = match &recorded.price_reason {
+            Some(reason) => format!("reason {reason:?}"),
+            None => "no reason".into(),
+        };
+        return Err(Refusal::invalid(format!(
+            "order {order:?} was already recorded at {} CNY with {recorded_reason}: send the \
+             same price_cny and price_reason again, or use a new order id",
+            recorded.price_cny
+        )));
+    }
+    Ok(Vec::new())
+}
+
 /// P1–P6
 fn buy(
     state: &AccountState,
@@ -403,14 +449,7 @@ fn buy(
     require_open(state)?;
     check_id("order", order)?;
     if let Some(recorded) = state.orders.get(order) {
-        return if recorded.plan == plan {
-            Ok(Vec::new())
-        } else {
-            Err(Refusal::invalid(format!(
-                "order {order:?} was already recorded for plan {:?}",
-                recorded.plan
-            )))
-        };
+        return repeat_order(order, recorded, plan, price_cny, price_reason);
     }
     let catalog = &context.catalog;
     if plan == catalog.extension.id {
@@ -592,21 +631,45 @@ fn record_usage(
             "cards must be 1 to {MAX_USAGE_CARDS}"
         )));
     }
-    if seconds > MAX_USAGE_SECONDS {
+    if seconds == 0 || seconds > MAX_USAGE_SECONDS {
         return Err(Refusal::invalid(format!(
-            "seconds must be at most {MAX_USAGE_SECONDS}"
+            "seconds must be 1 to {MAX_USAGE_SECONDS}: a usage record covers at least one second"
         )));
     }
     let cost = lease_cost(gpu.rate_dcu_per_hour, cards, seconds);
+    let charge = state.plan_charge(cost);
+    check_totals_bound(state, &charge)?;
     let body = EventBody::UsageRecorded {
         record: record.into(),
         model: model.into(),
         cards,
         seconds,
         started_at: started_at.unwrap_or(now.plus_seconds(-(seconds as i64))),
-        charge: state.plan_charge(cost),
+        charge,
     };
     Ok(vec![event(now, body)])
+}
+
+/// U1, D2: no account total (arrears, metered, spent) may pass [`MAX_ABS_DCU`], the largest
+/// amount the ledger holds. Only a usage record (M11) can get there: lease metering spends at
+/// most the active credit plus less than a second of the leases' cost (M7), so it is never
+/// refused.
+fn check_totals_bound(state: &AccountState, charge: &Charge) -> Result<(), Refusal> {
+    let bound = Dcu::from_micros(MAX_ABS_DCU * 1_000_000);
+    let debited: Dcu = charge.debits.iter().map(|debit| debit.amount).sum();
+    let totals = [
+        ("arrears", state.arrears + charge.arrears_added),
+        ("metered", state.totals.metered + charge.amount),
+        ("spent", state.totals.spent + debited),
+    ];
+    match totals.iter().find(|(_, total)| *total > bound) {
+        None => Ok(()),
+        Some((name, total)) => Err(Refusal::invalid(format!(
+            "this record's cost ({} DCU) would take the account's {name} total to {total} DCU, \
+             past the bound of {MAX_ABS_DCU} DCU: record less usage (fewer cards or seconds)",
+            charge.amount
+        ))),
+    }
 }
 
 /// M1, M2: the structural checks of a lease request.

@@ -225,6 +225,136 @@ fn r_i5_same_order_twice_has_one_effect_and_another_plan_is_refused() {
 }
 
 #[test]
+fn r_i5_same_order_with_another_price_or_reason_is_refused() {
+    let mut world = World::new();
+    let priced = |price: Option<&str>, reason: Option<&str>| Command::Buy {
+        order: "o1".into(),
+        plan: "trial".into(),
+        price_cny: price.map(|price| price.parse().expect("decimal")),
+        price_reason: reason.map(String::from),
+    };
+    world.ok(
+        "2025-04-01T00:00:00Z",
+        priced(Some("100000"), Some("campus deal")),
+    );
+    let events = world.log.len();
+    // The exact same request again (and the same price written another way) answers the
+    // first result and writes nothing.
+    world.ok(
+        "2025-04-01T00:00:01Z",
+        priced(Some("100000"), Some("campus deal")),
+    );
+    world.ok(
+        "2025-04-01T00:00:01Z",
+        priced(Some("100000.00"), Some(" campus deal ")),
+    );
+    assert_eq!(world.log.len(), events);
+    for (price, reason) in [
+        (Some("10"), Some("")),
+        (Some("10"), Some("campus deal")),
+        (Some("100000"), Some("another reason")),
+        (Some("100000"), None),
+        (None, None),
+    ] {
+        assert_eq!(
+            world.refused("2025-04-01T00:00:02Z", priced(price, reason)),
+            ErrorCode::InvalidRequest,
+            "price {price:?}, reason {reason:?}"
+        );
+    }
+    assert_eq!(world.log.len(), events, "a refusal writes nothing");
+    // An order at the list price: a repeat naming that price, or none, is the same order.
+    world.buy("2025-04-02T00:00:00Z", "o2", "trial");
+    let events = world.log.len();
+    world.ok(
+        "2025-04-02T00:00:01Z",
+        Command::Buy {
+            order: "o2".into(),
+            plan: "trial".into(),
+            price_cny: Some("135".parse().expect("decimal")),
+            price_reason: None,
+        },
+    );
+    world.buy("2025-04-02T00:00:01Z", "o2", "trial");
+    assert_eq!(world.log.len(), events);
+    let discounted = Command::Buy {
+        order: "o2".into(),
+        plan: "trial".into(),
+        price_cny: Some("100".parse().expect("decimal")),
+        price_reason: Some("late discount".into()),
+    };
+    assert_eq!(
+        world.refused("2025-04-02T00:00:02Z", discounted),
+        ErrorCode::InvalidRequest
+    );
+}
+
+#[test]
+fn r_m11_a_usage_record_covers_at_least_one_second() {
+    let mut world = World::new();
+    world.buy("2025-04-01T00:00:00Z", "o1", "trial");
+    let events = world.log.len();
+    assert_eq!(
+        world.refused("2025-04-02T00:00:00Z", usage("r0", "dc100-80g", 1, 0)),
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(world.log.len(), events, "nothing stored");
+    assert!(!world.state.records.contains_key("r0"));
+    world.ok("2025-04-02T00:00:00Z", usage("r0", "dc100-80g", 1, 1));
+}
+
+#[test]
+fn r_a1_account_ids_dot_and_dot_dot_are_refused_at_open() {
+    for id in [".", ".."] {
+        let state = AccountState::new(id);
+        let refusal = decide(
+            &state,
+            &Context::default(),
+            &Command::Open { edu: false },
+            at("2025-04-01T00:00:00Z"),
+        )
+        .expect_err("refused");
+        assert_eq!(refusal.code, ErrorCode::InvalidRequest, "{id:?}");
+        assert!(refusal.message.contains("URL"), "{}", refusal.message);
+    }
+    for id in ["...", ".a", "a.", "a..b"] {
+        let state = AccountState::new(id);
+        let opened = decide(
+            &state,
+            &Context::default(),
+            &Command::Open { edu: false },
+            at("2025-04-01T00:00:00Z"),
+        );
+        assert!(opened.is_ok(), "{id:?}: {opened:?}");
+    }
+}
+
+#[test]
+fn r_d2_usage_that_would_take_arrears_past_the_bound_is_refused() {
+    let mut world = World::new();
+    // 4096 cards × 366 days of dc100-80g: 92 106 915.84 DCU a record, all arrears.
+    let big = |record: &str| usage(record, "dc100-80g", 4_096, 31_622_400);
+    for index in 0..10 {
+        world.ok("2025-04-01T00:00:00Z", big(&format!("r{index}")));
+    }
+    assert_eq!(world.state.arrears, dcu("921069158.4"));
+    let events = world.log.len();
+    assert_eq!(
+        world.refused("2025-04-01T00:00:00Z", big("r10")),
+        ErrorCode::InvalidRequest
+    );
+    assert_eq!(world.log.len(), events, "nothing stored");
+    assert_eq!(world.state.arrears, dcu("921069158.4"));
+    // What still fits the bound is recorded; the bound itself is reachable, not passable.
+    world.ok("2025-04-01T00:00:00Z", usage("r11", "dc100-80g", 1, 1));
+    let bound = Dcu::from_micros(1_000_000_000 * 1_000_000);
+    assert!(world.state.arrears <= bound && world.state.totals.metered <= bound);
+    // The log stays readable: every amount in it parses back (U1).
+    let replayed = AccountState::replay("stu", &world.log);
+    assert_eq!(replayed, world.state);
+}
+
+#[test]
 fn r_c1_c2_c3_the_manuals_worked_example() {
     let mut world = World::new();
     world.buy("2025-03-31T16:00:00Z", "o1", "trial");

@@ -47,6 +47,9 @@ use engine_task::EngineHandle;
 
 /// Largest request body accepted (a real one is well under 1 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A request body must arrive whole within this time, or the answer is 408
+/// `request_timeout` and the connection is closed.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./dcu-data";
 /// Without `--pool`: this many nodes of [`DEFAULT_POOL_CARDS`] cards for each model.

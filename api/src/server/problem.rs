@@ -10,6 +10,7 @@
 //! | `invalid_request` from the domain (unknown plan or model, bad id, out-of-range number) | 422 |
 //! | `invalid_request` from the body or query (malformed JSON 400, wrong type or unknown field 422, wrong content type 415, over 64 KiB 413) | 4xx |
 //! | `multi_card_not_supported` | 422 |
+//! | `request_timeout` (the body did not arrive whole within 10 s) | 408 |
 //! | `unauthorized` (no or bad bearer token) | 401 |
 //! | `forbidden` (an account token on an admin call) | 403 |
 //! | `internal` (the log failed; nothing was acknowledged) | 500 |
@@ -34,7 +35,8 @@ pub struct Problem {
     pub status: u16,
     /// What to fix.
     pub detail: String,
-    /// A SPEC §11 error code, or `unauthorized`, `forbidden`, `not_found`, `internal`.
+    /// A SPEC §11 error code, or `unauthorized`, `forbidden`, `not_found`,
+    /// `request_timeout`, `internal`.
     pub code: String,
     /// The same text as `detail`, under the name the scenario files use.
     pub message: String,

@@ -19,7 +19,7 @@ use super::auth::Principal;
 use super::engine_task::{LeaseAnswer, LeaseFailure, LeaseInfo, Request as EngineRequest};
 use super::problem::{ApiError, LeaseProblem, Problem};
 use super::wire::*;
-use super::AppState;
+use super::{AppState, BODY_READ_TIMEOUT};
 
 /// A JSON body; any rejection (syntax, type, unknown field, size, content type) becomes a
 /// 4xx problem with code `invalid_request`.
@@ -29,8 +29,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(request, state)
-            .await
+        // The whole body must arrive within BODY_READ_TIMEOUT (a slow or stalled sender does
+        // not hold the connection open); the connection is closed after the 408.
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Json::<T>::from_request(request, state));
+        let Ok(parsed) = read.await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s: send the whole body at once",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ));
+        };
+        parsed
             .map(|Json(value)| Body(value))
             .map_err(|rejection: JsonRejection| {
                 ApiError::invalid(rejection.status(), rejection.body_text())
@@ -160,7 +172,7 @@ pub async fn get_account(
     responses((status = 200, body = OrderBody),
         (status = 404, description = "unknown_account", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "account_banned, no_current_period", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid_request (unknown plan, order of another plan)", body = Problem, content_type = "application/problem+json")),
+        (status = 422, description = "invalid_request (unknown plan, order id again with another plan, price or reason)", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn post_order(
     State(state): State<AppState>,

@@ -23,7 +23,7 @@ pub const DEFAULT_EVENTS_PAGE: usize = 100;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAccountRequest {
-    /// 1 to 128 printable ASCII characters, no spaces or `/`.
+    /// 1 to 128 printable ASCII characters, no spaces or `/`, not `.` or `..`.
     pub id: String,
     /// Edu users pay edu prices (P6).
     #[serde(default)]
@@ -38,7 +38,10 @@ pub struct OrderRequest {
     /// `trial`, `basic`, `advanced` or `extension` (the catalog's ids).
     pub plan: String,
     /// A price other than the list price (decimal string); needs `price_reason`.
-    #[serde(default, with = "rust_decimal::serde::str_option")]
+    #[serde(
+        default,
+        deserialize_with = "ledger::amount::plain::non_negative_option"
+    )]
     #[schema(value_type = Option<String>)]
     pub price_cny: Option<Decimal>,
     #[serde(default)]
@@ -52,7 +55,9 @@ pub struct UsageRequest {
     /// The record id (idempotent).
     pub record: String,
     pub model: String,
+    /// 1 to 4096.
     pub cards: u32,
+    /// 1 to 31 622 400 (366 days).
     pub seconds: u64,
 }
 
