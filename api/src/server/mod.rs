@@ -92,13 +92,24 @@ impl ServeOptions {
     }
 }
 
-/// What handlers share.
+/// What handlers share: one `Arc`, so the extractors' clones of it cost one count each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub engine: EngineHandle,
     pub tokens: Arc<TokenStore>,
     pub catalog: Arc<serde_json::Value>,
     pub metrics: Arc<Metrics>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// One route's request counts by (method, status).
@@ -303,12 +314,12 @@ pub async fn start(options: ServeOptions) -> anyhow::Result<RunningServer> {
         options.timer_poll,
     );
     let addr = listener.local_addr()?;
-    let app = router(AppState {
+    let app = router(AppState(Arc::new(Shared {
         engine,
         tokens,
         catalog: Arc::new(catalog_json),
         metrics,
-    });
+    })));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     tracing::info!(%addr, data = %dir.display(), %store, "dcu serve listening");
     let task = tokio::spawn(async move {
