@@ -175,13 +175,20 @@ pub fn check_id(what: &str, id: &str) -> Result<(), Refusal> {
         && id
             .bytes()
             .all(|byte| byte.is_ascii_graphic() && byte != b'/');
-    if fine {
-        Ok(())
-    } else {
-        Err(Refusal::invalid(format!(
+    if !fine {
+        return Err(Refusal::invalid(format!(
             "{what} must be 1 to {MAX_ID_LEN} printable ASCII characters without spaces or '/'"
-        )))
+        )));
     }
+    if id == "." || id == ".." {
+        // A path segment of `.` or `..` is resolved away by URL normalisation, so such an
+        // account or lease could never be reached at `/v1/accounts/{id}` or `/v1/leases/{id}`.
+        return Err(Refusal::invalid(format!(
+            "{what} must not be \".\" or \"..\" (they cannot be addressed in a URL): pick \
+             another id"
+        )));
+    }
+    Ok(())
 }
 
 /// A reason (a price's, a ban's) is kept in the log and shown to people: at most
@@ -346,14 +353,6 @@ fn open(state: &AccountState, edu: bool, now: Timestamp) -> Result<Vec<Event>, R
         ));
     }
     check_id("account", &state.id)?;
-    if state.id == "." || state.id == ".." {
-        // A path segment of `.` or `..` is resolved away by URL normalisation, so such an
-        // account could never be reached at `/v1/accounts/{id}`.
-        return Err(Refusal::invalid(
-            "account must not be \".\" or \"..\" (they cannot be addressed in a URL): pick \
-             another id",
-        ));
-    }
     let body = EventBody::AccountOpened {
         account: state.id.clone(),
         edu,

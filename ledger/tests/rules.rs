@@ -330,6 +330,17 @@ fn r_a1_account_ids_dot_and_dot_dot_are_refused_at_open() {
 }
 
 #[test]
+fn r_m10_lease_ids_dot_and_dot_dot_are_refused() {
+    let mut world = World::new();
+    world.ok("2025-04-01T00:00:00Z", buy("o1", "basic"));
+    for id in [".", ".."] {
+        let refused = world.refused("2025-04-01T00:00:01Z", lease(id, "dc100-80g", 1));
+        assert_eq!(refused, ErrorCode::InvalidRequest, "{id:?}");
+    }
+    world.ok("2025-04-01T00:00:01Z", lease("...", "dc100-80g", 1));
+}
+
+#[test]
 fn r_d2_usage_that_would_take_arrears_past_the_bound_is_refused() {
     let mut world = World::new();
     // 4096 cards × 366 days of dc100-80g: 92 106 915.84 DCU a record, all arrears.
