@@ -280,6 +280,12 @@ async fn r_m4_queue_when_full_and_grant_when_cards_free() {
         StatusCode::ACCEPTED
     );
     assert_eq!(server.pool_use("dc100-80g").await, (0, 3));
+    // M3: queued units count against the cap, and the quota shows them.
+    let quota = server.get("/v1/accounts/alice/quota").await;
+    assert_eq!(
+        (&quota["units_in_use"], &quota["units_queued"]),
+        (&json!(4), &json!(4))
+    );
     // Another account's lease id is refused, not answered.
     let (status, problem) = server.lease("bob", "a1", 1, 1).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -614,6 +620,48 @@ async fn r_m4_restart_keeps_cards_and_queue_order() {
         .any(|kind| kind == "LeaseEnded"));
     assert_ne!(server.state("a2").await, "queued");
     assert_eq!(server.pool_use("dc100-80g").await.1, 0);
+    server.stop().await;
+}
+
+/// M4, I4: restarted with a smaller pool, a queued lease that no longer fits even an empty
+/// pool is cancelled (`pool_too_small`) instead of holding its queue back, and the one behind
+/// it gets the cards that are free.
+#[tokio::test]
+async fn r_m4_a_queued_lease_the_smaller_pool_cannot_hold_is_cancelled_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool_of(&[("n1", "dc100-80g", 2)]);
+    let server = launch(dir.path(), &pool, at(T0)).await;
+    server.open("alice").await;
+    server.open("bob").await;
+    assert_eq!(
+        server.lease("alice", "a1", 2, 1).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        server.lease("alice", "a2", 2, 1).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        server.lease("bob", "b1", 1, 1).await.0,
+        StatusCode::ACCEPTED
+    );
+    server.stop().await;
+
+    let smaller = pool_of(&[("n1", "dc100-80g", 1), ("n2", "dc100-80g", 1)]);
+    let server = launch(dir.path(), &smaller, at(T0) + 10).await;
+    // a1 keeps its two cards on n1 (the node stays full until it ends).
+    let a1 = server.get("/v1/leases/a1").await;
+    assert_eq!(a1["placement"], json!([{"node": "n1", "cards": 2}]));
+    let a2 = server.get("/v1/leases/a2").await;
+    assert_eq!(
+        (&a2["state"], &a2["reason"]),
+        (&json!("cancelled"), &json!("pool_too_small")),
+        "{a2}"
+    );
+    let b1 = server.get("/v1/leases/b1").await;
+    assert_eq!(b1["state"], "granted", "{b1}");
+    assert_eq!(b1["placement"], json!([{"node": "n2", "cards": 1}]));
+    assert_eq!(server.pool_use("dc100-80g").await.1, 0, "nothing queued");
     server.stop().await;
 }
 

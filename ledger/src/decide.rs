@@ -268,7 +268,9 @@ fn record_invoice(
     require_open(state)?;
     check_id("invoice", invoice)?;
     if let Some(recorded) = state.invoices.get(invoice) {
-        return if recorded.orders == orders {
+        let same_orders = recorded.orders.len() == orders.len()
+            && orders.iter().all(|order| recorded.orders.contains(order));
+        return if same_orders {
             Ok(Vec::new())
         } else {
             Err(Refusal::invalid(format!(
@@ -312,7 +314,7 @@ fn record_invoice(
     let body = EventBody::InvoiceRecorded {
         invoice: invoice.into(),
         orders: orders.to_vec(),
-        amount_cny,
+        amount_cny: amount_cny.normalize(),
         item: crate::event::INVOICE_ITEM.into(),
     };
     Ok(vec![event(now, body)])
@@ -386,11 +388,12 @@ fn payment(
             "a price other than the list price ({list_price_cny} CNY) needs a price_reason"
         )));
     }
+    // U1: amounts are kept without trailing zeros (10.50 is recorded as 10.5).
     Ok(Payment {
         catalog_version: context.catalog.version.clone(),
         edu,
-        list_price_cny,
-        price_cny: price,
+        list_price_cny: list_price_cny.normalize(),
+        price_cny: price.normalize(),
         price_reason: reason.map(String::from),
     })
 }

@@ -100,6 +100,9 @@ pub enum RevokeReason {
     StorageOverAllowance,
     InsufficientCredit,
     ParallelismExceeded,
+    /// M4: a queued lease that no longer fits the pool even with every card free (the pool
+    /// was made smaller at a restart) is cancelled rather than left to block its queue.
+    PoolTooSmall,
 }
 
 /// The card placement of one worker (M4): which node, how many cards.

@@ -741,3 +741,41 @@ fn r_p6_prices_compare_by_value_and_reasons_refuse_control_characters() {
         );
     }
 }
+
+#[test]
+fn r_u1_prices_and_invoice_amounts_are_kept_without_trailing_zeros() {
+    let mut world = World::new();
+    let priced = |order: &str, plan: &str, price: &str| Command::Buy {
+        order: order.into(),
+        plan: plan.into(),
+        price_cny: Some(price.parse().expect("a decimal")),
+        price_reason: Some("promotion".into()),
+    };
+    world.ok("2025-04-01T00:00:00Z", priced("o1", "basic", "100.50"));
+    world.ok("2025-04-02T00:00:00Z", priced("o2", "extension", "59.5"));
+    assert_eq!(
+        world
+            .state
+            .orders
+            .get("o1")
+            .expect("o1")
+            .price_cny
+            .to_string(),
+        "100.5"
+    );
+    let invoice = |orders: &[&str]| Command::RecordInvoice {
+        invoice: "inv-1".into(),
+        orders: orders.iter().map(|order| order.to_string()).collect(),
+    };
+    world.ok("2025-04-03T00:00:00Z", invoice(&["o1", "o2"]));
+    let recorded = world.state.invoices.get("inv-1").expect("invoice");
+    assert_eq!(recorded.amount_cny.to_string(), "160", "100.5 + 59.5");
+    // The same orders in another order are the same invoice: it answers the first.
+    let events = world.log.len();
+    world.ok("2025-04-04T00:00:00Z", invoice(&["o2", "o1"]));
+    assert_eq!(world.log.len(), events, "nothing written again");
+    assert_eq!(
+        world.refused("2025-04-04T00:00:00Z", invoice(&["o1"])),
+        ErrorCode::InvalidRequest
+    );
+}

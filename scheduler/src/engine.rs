@@ -7,7 +7,7 @@ use ledger::account::AccountState;
 use ledger::clock::Timestamp;
 use ledger::decide::{self, Command, Context, ErrorCode, Refusal};
 use ledger::due;
-use ledger::event::{Event, EventBody, Placement, EVENT_VERSION};
+use ledger::event::{Event, EventBody, LeaseEnd, Placement, RevokeReason, EVENT_VERSION};
 use ledger::log::{EventLog, ExpectedRevision, LogError, NewEvent, RecordedEvent, MAX_READ_COUNT};
 use projections::views::{self, BalanceView, LeaseView, OrderView, QuotaView};
 use serde::Serialize;
@@ -449,7 +449,24 @@ impl<L: EventLog> Engine<L> {
             };
             let Some(placement) = self.place(&terms.model, terms.cards_per_worker, terms.workers)
             else {
-                return;
+                let never = self.pool.as_ref().is_some_and(|pool| {
+                    !pool.can_ever_place(&terms.model, terms.cards_per_worker, terms.workers)
+                });
+                if !never {
+                    return;
+                }
+                // The pool was made smaller (a restart with another pool) than this lease
+                // needs: left at the head, it would hold its whole queue back forever.
+                let event = Event {
+                    at: now,
+                    body: EventBody::LeaseEnded {
+                        lease: lease.clone(),
+                        end: LeaseEnd::Cancelled,
+                        reason: Some(RevokeReason::PoolTooSmall),
+                    },
+                };
+                self.stage(&account, std::slice::from_ref(&event));
+                continue;
             };
             let placement = match decide::admit_queued(&slot.state, &self.context, &lease, now) {
                 Ok(_) => placement,

@@ -194,6 +194,8 @@ pub struct QuotaBody {
     pub period_ends_at: Option<Timestamp>,
     pub parallelism_cap: u32,
     pub units_in_use: u32,
+    /// M3, M4: units of the account's queued leases (they count against the cap too).
+    pub units_queued: u32,
     pub storage_allowance_gb: u64,
     pub storage_used_gb: u64,
     pub storage_reclaimed: bool,
@@ -207,6 +209,7 @@ impl From<QuotaView> for QuotaBody {
             period_ends_at: view.period_ends_at,
             parallelism_cap: view.parallelism_cap,
             units_in_use: view.units_in_use,
+            units_queued: view.units_queued,
             storage_allowance_gb: view.storage_allowance_gb,
             storage_used_gb: view.storage_used_gb,
             storage_reclaimed: view.storage_reclaimed,
