@@ -2,7 +2,7 @@
 //! against a fresh embedded log with a manual clock. Every input line gives exactly one
 //! output line; a bad line gives an error line and the run goes on.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
 use std::io::{BufRead, Write};
 use std::path::Path;
 
@@ -259,79 +259,91 @@ fn parse_line(text: &str) -> (Option<Timestamp>, Option<String>, Result<Step, St
 
 /// A line's JSON value. A key repeated in any object of the line (at the top or nested, as
 /// in a config line's pool entries) is refused, naming the key: serde_json would keep the
-/// last value without a word.
+/// last value without a word. One pass: the value is built while the keys are checked.
 fn parse_json(text: &str) -> Result<Value, String> {
-    let value =
-        serde_json::from_str::<Value>(text).map_err(|error| format!("not JSON: {error}"))?;
+    let repeated = RefCell::new(None);
     let mut reader = serde_json::Deserializer::from_str(text);
-    match RepeatedKey.deserialize(&mut reader) {
-        Ok(Some(key)) => Err(format!("duplicate key {key:?}")),
-        // The text was read as JSON just above: walking it again finds no other error.
-        Ok(None) | Err(_) => Ok(value),
+    let value = UniqueKeys {
+        repeated: &repeated,
+    }
+    .deserialize(&mut reader)
+    .and_then(|value| reader.end().map(|()| value))
+    .map_err(|error| format!("not JSON: {error}"))?;
+    match repeated.into_inner() {
+        Some(key) => Err(format!("duplicate key {key:?}")),
+        None => Ok(value),
     }
 }
 
-/// Walks a JSON value and answers the first key (in text order) repeated in one object.
-struct RepeatedKey;
+/// Builds a JSON value and keeps the first key (in text order) repeated in one object.
+#[derive(Clone, Copy)]
+struct UniqueKeys<'a> {
+    repeated: &'a RefCell<Option<String>>,
+}
 
-impl<'de> DeserializeSeed<'de> for RepeatedKey {
-    type Value = Option<String>;
+impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = Value;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for RepeatedKey {
-    type Value = Option<String>;
+impl<'de> Visitor<'de> for UniqueKeys<'_> {
+    type Value = Value;
 
     fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
         formatter.write_str("a JSON value")
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
     }
 
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
     }
 
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Value, E> {
+        Ok(Value::from(value))
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(inner) = seq.next_element_seed(RepeatedKey)? {
-            found = found.or(inner);
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
         }
-        Ok(found)
+        Ok(Value::Array(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut keys = HashSet::new();
-        let mut found = None;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let repeated = !keys.insert(key.clone());
-            let inner = map.next_value_seed(RepeatedKey)?;
-            if found.is_none() {
-                found = if repeated { Some(key) } else { inner };
+            if object.contains_key(&key) {
+                self.repeated.borrow_mut().get_or_insert(key);
+                map.next_value_seed(self)?;
+            } else {
+                let value = map.next_value_seed(self)?;
+                object.insert(key, value);
             }
         }
-        Ok(found)
+        Ok(Value::Object(object))
     }
 }
 

@@ -45,6 +45,11 @@ impl Dcu {
         Dcu(Decimal::new(micros, SCALE))
     }
 
+    /// A whole number of DCU (within [`MAX_ABS_DCU`], as every amount is).
+    pub fn whole(dcu: i64) -> Dcu {
+        Dcu::from_micros(dcu.clamp(-MAX_ABS_DCU, MAX_ABS_DCU) * MICROS_PER_DCU as i64)
+    }
+
     /// The amount in micro-DCU (exact: every `Dcu` is at scale 6 or less).
     pub fn micros(self) -> i64 {
         let scaled = self.0 * Decimal::from(MICROS_PER_DCU as i64);

@@ -170,7 +170,7 @@ impl Catalog {
                 return invalid(format!("model id {:?} twice", model.id));
             }
             if !model.rate_dcu_per_hour.is_positive()
-                || model.rate_dcu_per_hour > Dcu::from_micros(MAX_RATE_DCU_PER_HOUR * 1_000_000)
+                || model.rate_dcu_per_hour > Dcu::whole(MAX_RATE_DCU_PER_HOUR)
                 || model.units_per_card == 0
                 || model.units_per_card > MAX_UNITS_PER_CARD
             {

@@ -557,7 +557,7 @@ fn ban(state: &AccountState, reason: &str, now: Timestamp) -> Result<Vec<Event>,
     if state.banned {
         return Ok(Vec::new());
     }
-    if reason.trim().is_empty() || !reason_is_fine(reason) {
+    if given_reason(Some(reason)).is_none() || !reason_is_fine(reason) {
         return Err(Refusal::invalid(format!(
             "a ban needs a reason (the audit trail keeps it): 1 to {MAX_REASON_LEN} bytes \
              without control characters"
@@ -657,7 +657,7 @@ fn record_usage(
 /// most the active credit plus less than a second of the leases' cost (M7), so it is never
 /// refused.
 fn check_totals_bound(state: &AccountState, charge: &Charge) -> Result<(), Refusal> {
-    let bound = Dcu::from_micros(MAX_ABS_DCU * 1_000_000);
+    let bound = Dcu::whole(MAX_ABS_DCU);
     let debited: Dcu = charge.debits.iter().map(|debit| debit.amount).sum();
     let totals = [
         ("arrears", state.arrears + charge.arrears_added),
@@ -855,11 +855,22 @@ pub fn grant_queued(
             terms,
             placement,
         },
-        Err(refusal) => EventBody::LeaseEnded {
-            lease: lease.into(),
-            end: LeaseEnd::Cancelled,
-            reason: cancel_reason(refusal.code),
-        },
+        Err(refusal) => return cancelled(lease, cancel_reason(refusal.code), now),
+    };
+    event(now, body)
+}
+
+/// M4: a queued lease that will never be granted, cancelled with `reason` (the scheduler's
+/// own reasons, such as a pool too small for it).
+pub fn cancel_queued(lease: &str, reason: RevokeReason, now: Timestamp) -> Event {
+    cancelled(lease, Some(reason), now)
+}
+
+fn cancelled(lease: &str, reason: Option<RevokeReason>, now: Timestamp) -> Event {
+    let body = EventBody::LeaseEnded {
+        lease: lease.into(),
+        end: LeaseEnd::Cancelled,
+        reason,
     };
     event(now, body)
 }

@@ -7,7 +7,7 @@ use ledger::account::AccountState;
 use ledger::clock::Timestamp;
 use ledger::decide::{self, Command, Context, ErrorCode, Refusal};
 use ledger::due;
-use ledger::event::{Event, EventBody, LeaseEnd, Placement, RevokeReason, EVENT_VERSION};
+use ledger::event::{Event, EventBody, LeaseTerms, Placement, RevokeReason, EVENT_VERSION};
 use ledger::log::{EventLog, ExpectedRevision, LogError, NewEvent, RecordedEvent, MAX_READ_COUNT};
 use projections::views::{self, BalanceView, LeaseView, OrderView, QuotaView};
 use serde::Serialize;
@@ -449,22 +449,12 @@ impl<L: EventLog> Engine<L> {
             };
             let Some(placement) = self.place(&terms.model, terms.cards_per_worker, terms.workers)
             else {
-                let never = self.pool.as_ref().is_some_and(|pool| {
-                    !pool.can_ever_place(&terms.model, terms.cards_per_worker, terms.workers)
-                });
-                if !never {
+                if !self.never_fits(terms) {
                     return;
                 }
                 // The pool was made smaller (a restart with another pool) than this lease
                 // needs: left at the head, it would hold its whole queue back forever.
-                let event = Event {
-                    at: now,
-                    body: EventBody::LeaseEnded {
-                        lease: lease.clone(),
-                        end: LeaseEnd::Cancelled,
-                        reason: Some(RevokeReason::PoolTooSmall),
-                    },
-                };
+                let event = decide::cancel_queued(&lease, RevokeReason::PoolTooSmall, now);
                 self.stage(&account, std::slice::from_ref(&event));
                 continue;
             };
@@ -475,6 +465,14 @@ impl<L: EventLog> Engine<L> {
             let event = decide::grant_queued(&slot.state, &self.context, &lease, placement, now);
             self.stage(&account, std::slice::from_ref(&event));
         }
+    }
+
+    /// M4: whether a lease of these terms could not be placed even in the empty pool (it
+    /// could only wait forever).
+    fn never_fits(&self, terms: &LeaseTerms) -> bool {
+        self.pool.as_ref().is_some_and(|pool| {
+            !pool.can_ever_place(&terms.model, terms.cards_per_worker, terms.workers)
+        })
     }
 
     fn place(&self, model: &str, cards_per_worker: u32, workers: u32) -> Option<Vec<Placement>> {
@@ -679,14 +677,12 @@ impl<L: EventLog> Engine<L> {
             return Ok(Vec::new());
         }
         let terms = decide::admit(state, &self.context, request, now)?;
-        if let Some(pool) = &self.pool {
-            if !pool.can_ever_place(&terms.model, terms.cards_per_worker, terms.workers) {
-                return Err(Refusal::invalid(format!(
-                    "{} worker(s) of {} {} card(s) each do not fit in this pool even when it is \
-                     empty (a worker's cards are on one node): it would wait forever",
-                    terms.workers, terms.cards_per_worker, terms.model
-                )));
-            }
+        if self.never_fits(&terms) {
+            return Err(Refusal::invalid(format!(
+                "{} worker(s) of {} {} card(s) each do not fit in this pool even when it is \
+                 empty (a worker's cards are on one node): it would wait forever",
+                terms.workers, terms.cards_per_worker, terms.model
+            )));
         }
         let queue_empty = self.queues.get(&terms.model).is_none_or(VecDeque::is_empty);
         let placement = if queue_empty {

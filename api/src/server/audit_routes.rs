@@ -90,13 +90,14 @@ async fn account_events(
 }
 
 /// As-of: the account's state at `as_of` as a replay of its stream up to that instant gives
-/// it, when `as_of` is before the account's last event (the snapshot only knows the state
-/// after it); `None` when the snapshot answers (`as_of` absent, or at or after that event).
+/// it, with that instant, when `as_of` is before the account's last event (the snapshot only
+/// knows the state after it); `None` when the snapshot answers (`as_of` absent, or at or after
+/// that event).
 pub(super) async fn state_before_last_event(
     state: &AppState,
     account: &str,
     as_of: Option<Timestamp>,
-) -> Result<Option<AccountState>, ApiError> {
+) -> Result<Option<(AccountState, Timestamp)>, ApiError> {
     let Some(as_of) = as_of else {
         return Ok(None);
     };
@@ -110,7 +111,7 @@ pub(super) async fn state_before_last_event(
     let past = tokio::task::spawn_blocking(move || statement::state_as_of(&id, &events, as_of))
         .await
         .map_err(|error| failed("replaying the account", error))?;
-    Ok(Some(past))
+    Ok(Some((past, as_of)))
 }
 
 /// The whole log, grouped by account, read page by page until an empty page.

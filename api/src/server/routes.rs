@@ -209,7 +209,7 @@ pub async fn get_balance(
     principal.require_reader(&id)?;
     let as_of = parse_as_of(query.as_of)?;
     let view = match state_before_last_event(&state, &id, as_of).await? {
-        Some(past) => views::balance(&past, as_of.unwrap_or(past.clock)),
+        Some((past, as_of)) => views::balance(&past, as_of),
         None => state.engine.balance(&id, as_of)?,
     };
     Ok(Json(view.into()))
@@ -231,7 +231,7 @@ pub async fn get_quota(
     principal.require_reader(&id)?;
     let as_of = parse_as_of(query.as_of)?;
     let view = match state_before_last_event(&state, &id, as_of).await? {
-        Some(past) => views::quota(&past, as_of.unwrap_or(past.clock)),
+        Some((past, as_of)) => views::quota(&past, as_of),
         None => state.engine.quota(&id, as_of)?,
     };
     Ok(Json(view.into()))

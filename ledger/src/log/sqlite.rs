@@ -1011,13 +1011,17 @@ impl Writer {
         for request in batch {
             let applied = match mode {
                 Mode::Savepoints => self.apply(&mut pending, &mut tip, request),
-                Mode::Direct => self.apply_direct(&mut pending, &mut tip, request)?,
+                Mode::Direct => self.apply_direct(&pending, tip, request)?,
             };
             match applied {
                 Ok(applied) => {
                     if let Some((head, count)) = applied.written {
+                        pending.insert(request.stream.clone(), Some(head));
                         events_written += count;
                         last_position = Some(head.position);
+                    }
+                    if let Some(written) = applied.tip {
+                        tip = written;
                     }
                     results.push(Ok(applied.outcome));
                 }
@@ -1067,20 +1071,12 @@ impl Writer {
     /// part of the request may already be in the transaction.
     fn apply_direct(
         &mut self,
-        pending: &mut HashMap<String, Option<Head>>,
-        tip: &mut Tip,
+        pending: &HashMap<String, Option<Head>>,
+        tip: Tip,
         request: &AppendRequest,
     ) -> Result<Result<Applied, Failure>, Abort> {
-        match self.try_apply(pending, *tip, request, false) {
-            Ok(applied) => {
-                if let Some((head, _)) = applied.written {
-                    pending.insert(request.stream.clone(), Some(head));
-                }
-                if let Some(written) = applied.tip {
-                    *tip = written;
-                }
-                Ok(Ok(applied))
-            }
+        match self.try_apply(pending, tip, request, false) {
+            Ok(applied) => Ok(Ok(applied)),
             Err(Attempt::Refused(e)) => Ok(Err(Failure::Request(e))),
             Err(Attempt::Sql(_)) => Err(Abort::Careful),
         }
@@ -1128,12 +1124,6 @@ impl Writer {
                 self.conn
                     .execute_batch("RELEASE append")
                     .map_err(|e| Failure::Batch(sql_storage(e)))?;
-                if let Some((head, _)) = applied.written {
-                    pending.insert(request.stream.clone(), Some(head));
-                }
-                if let Some(written) = applied.tip {
-                    *tip = written;
-                }
                 Ok(applied)
             }
             Err(failure) => {
